@@ -1,0 +1,625 @@
+"""The run loop: drives the scheduler, feeds the pool, keeps the records, handles signals.
+
+One thread (the caller's) owns all bookkeeping. It sleeps in a single `select` on two pipes — the
+pool's done-callbacks and the signal wakeup fd write to one, workers report "started"/"task i of n" on
+the other — with a timeout for the next timer (rate limit, retry delay, run timeout, state flush,
+cancel backstop). Each wakeup: read progress, collect results into the scheduler, start what may
+start, write state if due. Nothing polls.
+
+Cancelling (fail_all, run timeout, Ctrl-C) raises flags in the run's `.cancel/` directory; workers see
+them within `worker.CANCEL_CHECK` and kill their steps' trees (SIGTERM, `--grace`, SIGKILL). A second
+Ctrl-C raises "now", which skips the grace. If workers do not answer within the grace and a margin,
+the dispatcher kills their trees itself. A pool worker killed from outside breaks the pool: the step
+it ran fails ("worker process died (signal 9)", retried per `retries`), the pool is replaced and the
+other running steps are started again on it (their interrupted attempt is not counted).
+"""
+from __future__ import annotations
+
+import collections
+import os
+import re
+import select
+import signal
+import threading
+import time
+from concurrent.futures import BrokenExecutor, CancelledError, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import graph, procs
+from .errors import UsageError
+from .interp import InterpolationError, substitute_task
+from .model import (OnFailure, PYTHON, SHELL, StepResult, StepSpec, StepStatus, Task, Workstream)
+from .records import StepRecord, state_dict, summary_dict
+from .report import render_junit, render_report
+from .scheduler import Scheduler
+from .store import RunStore, new_run_id
+
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.I)
+STATE_FLUSH_INTERVAL = 0.2
+EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+
+@dataclass
+class RunOptions:
+    project_root: Path
+    worktrees: Path
+    max_workers: int | None = None
+    on_failure: OnFailure | None = None
+    on_conflict: str = "error"
+    grace: float = 5.0
+    resume: str | None = None            # a run id, or "" for the latest run
+    force: bool = False
+    priorities: dict[str, float] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    run_id: str
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+class Reporter:
+    """Event sink for people (the CLI's console view); the default says nothing."""
+
+    def run_started(self, ws: Workstream, run_id: str, run_dir: Path, workers: int) -> None: ...
+    def step_started(self, step_id: str, attempt: int) -> None: ...
+    def step_progress(self, step_id: str, index: int, count: int) -> None: ...
+    def step_finished(self, rec: StepRecord, done: int, total: int) -> None: ...
+    def step_changed(self, step_id: str, status: StepStatus, reason: str | None) -> None: ...
+    def message(self, text: str) -> None: ...
+    def run_finished(self, summary: dict[str, Any], run_dir: Path) -> None: ...
+
+
+def secret_values(*envs: dict[str, str] | os._Environ) -> tuple[str, ...]:
+    """Values of variables whose names look secret, to be masked as *** in everything written."""
+    out = set()
+    for env in envs:
+        for k, v in env.items():
+            if SECRET_NAME.search(k) and v and len(v) >= 4:
+                out.add(v)
+    return tuple(sorted(out, key=len, reverse=True))
+
+
+def mask(text: str | None, secrets: tuple[str, ...]) -> str | None:
+    if not text:
+        return text
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+class Dispatcher:
+    def __init__(self, ws: Workstream, options: RunOptions, *,
+                 pool_factory: Callable[[int, int | None], Any] | None = None,
+                 reporter: Reporter | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time):
+        self.ws = ws
+        self.opt = options
+        self.reporter = reporter or Reporter()
+        self.clock = clock
+        self.wall = wall
+        self.pool_factory = pool_factory or _local_pool
+        ex = ws.execution
+        self.workers = max(1, options.max_workers or ex.effective_workers)
+        if not ex.parallel and options.max_workers is None:
+            self.workers = 1
+        self.on_failure = options.on_failure or ex.on_failure
+        self.store = RunStore(options.worktrees, ws.id)
+        self.records: dict[str, StepRecord] = {}
+        self.inflight: dict[str, tuple[int, Future]] = {}
+        self.worker_pid: dict[str, int] = {}
+        self.group_start: dict[str, float] = {}
+        self.group_of = {sid: g for g in ws.step_groups for sid in g.steps}
+        self._done: collections.deque = collections.deque()
+        self._signals: list[int] = []
+        self._dirty = True
+        self._last_flush = 0.0
+        self._cancel_at: float | None = None
+        self.status = "running"
+        self.interrupted = False
+        self.secrets = secret_values(os.environ, options.extra_env,
+                                     *[dict(s.env) for s in ws.steps],
+                                     *[dict(t.env) for t in ws.tools.values()])
+
+    # --- set-up ------------------------------------------------------------------------------------
+    def _prepare(self) -> list[str]:
+        """Take the lock, open the run directory, restore a resumed run. Returns steps kept."""
+        ws, opt = self.ws, self.opt
+        resume_id = None
+        if opt.resume is not None and not opt.force:
+            resume_id = opt.resume or self.store.latest_run_id()
+            if not resume_id:
+                raise UsageError(f"nothing to resume: workstream {ws.id} has no earlier run")
+        run_id = resume_id or new_run_id(self.wall())
+        warning = self.store.acquire_lock(run_id)
+        self.run_id = run_id
+        self.run_dir = self.store.open_run(run_id, new=resume_id is None)
+        if warning:
+            self.reporter.message(f"warning: {warning}")
+            self.store.log(f"WARNING {warning}")
+        timeout_of = {s.id: s.timeout or ws.execution.timeout_per_step for s in ws.steps}
+        for s in ws.steps:
+            self.records[s.id] = StepRecord(s.id, s.depends_on, timeout_of[s.id], s.description,
+                                            definition_hash=s.definition_hash())
+        kept: list[str] = []
+        self.started_at = self.wall()
+        if resume_id:
+            prev = self.store.read_state(resume_id) or {}
+            self.started_at = prev.get("started_epoch") or self.started_at
+            for sid, d in (prev.get("steps") or {}).items():
+                if sid not in self.records:
+                    continue
+                old = StepRecord.from_state(sid, d, timeout_of[sid])
+                rec = self.records[sid]
+                rec.attempts = old.attempts
+                if old.status is StepStatus.SUCCEEDED and old.definition_hash == rec.definition_hash:
+                    old.kept = True
+                    old.description = rec.description
+                    self.records[sid] = old
+                    kept.append(sid)
+            self.store.log(f"RESUME run={run_id} kept={len(kept)} rerun={len(ws.steps) - len(kept)}")
+        return kept
+
+    def _execution_dict(self) -> dict[str, Any]:
+        d = self.ws.execution.to_dict()
+        d.update(max_workers=self.workers, on_failure=self.on_failure.value,
+                 parallel=self.ws.execution.parallel and self.workers > 1,
+                 on_conflict=self.opt.on_conflict, grace=self.opt.grace)
+        return d
+
+    # --- the run -----------------------------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        kept = self._prepare()
+        ws = self.ws
+        try:
+            durations = {s.id: (s.estimated_duration if s.estimated_duration is not None else 1.0)
+                         for s in ws.steps}
+            deps = {s.id: list(s.depends_on) for s in ws.steps}
+            prio = self.opt.priorities or graph.remaining_path(deps, ws.step_ids, durations)
+            serialize = []
+            if self.opt.on_conflict == "serialize":
+                serialize = [(c.step_a, c.step_b) for c in graph.scope_conflicts(ws)]
+            self.sched = Scheduler(ws, max_workers=self.workers, on_failure=self.on_failure,
+                                   priorities=prio, serialize=serialize, keep=kept)
+            for sid in kept:
+                self.records[sid].status = StepStatus.SUCCEEDED
+            self.t0 = self.clock()
+            self.store.log(f"RUN START ws={ws.id} run={self.run_id} pid={os.getpid()} steps={len(ws.steps)} "
+                           f"settings={self._execution_dict()}")
+            self.reporter.run_started(ws, self.run_id, self.run_dir, self.workers)
+            self._flush(force=True)
+            self._loop()
+        except BaseException:
+            self.status = "interrupted"
+            self._close_after_crash()
+            raise
+        return self._finish()
+
+    def _loop(self) -> None:
+        wake_r, wake_w = os.pipe()
+        prog_r, prog_w = os.pipe()
+        for fd in (wake_r, wake_w, prog_r):
+            os.set_blocking(fd, False)
+        self._wake_w = wake_w
+        old_handlers = self._install_signals(wake_w)
+        self.pool = self.pool_factory(self.workers, prog_w)
+        run_deadline = self.t0 + self.ws.execution.run_timeout if self.ws.execution.run_timeout else None
+        partial = b""
+        try:
+            while True:
+                now = self.clock()
+                partial = self._read_progress(prog_r, partial)
+                self._handle_signals()
+                self._collect(now)
+                if run_deadline is not None and now >= run_deadline and not self.sched.stopping:
+                    reason = f"run timeout of {self.ws.execution.run_timeout:g}s reached"
+                    self._log_line(f"RUN TIMEOUT {reason}")
+                    self._apply(self.sched.stop(reason))
+                self._start_ready(self.clock())
+                if self.sched.done and not self.inflight:
+                    break
+                self._backstop(now)
+                self._flush()
+                timeout = self._next_timeout(run_deadline)
+                try:
+                    select.select([wake_r, prog_r], [], [], timeout)
+                except InterruptedError:
+                    pass
+                try:
+                    while os.read(wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+        finally:
+            self._restore_signals(old_handlers)
+            self.pool.shutdown(kill=bool(self.inflight))
+            partial = self._read_progress(prog_r, partial)
+            for fd in (wake_r, wake_w, prog_r, prog_w):
+                os.close(fd)
+
+    def _next_timeout(self, run_deadline: float | None) -> float | None:
+        now = self.clock()
+        times = []
+        wake = self.sched.next_wakeup(now)
+        if wake is not None:
+            times.append(wake)
+        if run_deadline is not None and not self.sched.stopping:
+            times.append(run_deadline)
+        if self._dirty:
+            times.append(self._last_flush + STATE_FLUSH_INTERVAL)
+        if self._cancel_at is not None:
+            times.append(now + 0.25)
+        if self.inflight:
+            times.append(now + 5.0)  # backstop check for workers that stopped answering
+        if not times:
+            return None
+        return max(0.0, min(times) - now)
+
+    # --- signals -----------------------------------------------------------------------------------
+    def _install_signals(self, wake_w: int):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in old:
+            signal.signal(s, lambda signum, frame: self._signals.append(signum))
+        old_fd = signal.set_wakeup_fd(wake_w)
+        return old, old_fd
+
+    def _restore_signals(self, saved) -> None:
+        if not saved:
+            return
+        old, old_fd = saved
+        signal.set_wakeup_fd(old_fd)
+        for s, h in old.items():
+            signal.signal(s, h)
+
+    def _handle_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            name = signal.Signals(signum).name
+            if not self.interrupted:
+                self.interrupted = True
+                self.status = "interrupted"
+                self._log_line(f"INTERRUPT {name}: stopping; running steps get SIGTERM, "
+                               f"then SIGKILL after {self.opt.grace:g}s")
+                self.reporter.message(f"{name}: stopping running steps (grace {self.opt.grace:g}s; "
+                                      f"press Ctrl-C again to kill them now)")
+                self._apply(self.sched.stop(f"interrupted by {name}", interrupted=True))
+                self.store.cancel("all")
+                self._cancel_at = self.clock()
+            else:
+                self._log_line(f"INTERRUPT {name} again: killing running steps now")
+                self.store.cancel("now")
+                self._kill_workers_trees(grace=0.0)
+
+    # --- starting ----------------------------------------------------------------------------------
+    def _start_ready(self, now: float) -> None:
+        for sid in self.sched.take_ready(now):
+            self._submit(sid, now)
+
+    def _submit(self, sid: str, now: float, *, restart: bool = False) -> None:
+        rec = self.records[sid]
+        attempt = self.sched.state[sid].attempts
+        rec.attempts = attempt
+        rec.status = StepStatus.RUNNING
+        rec.task_index, rec.task_count = None, None
+        try:
+            spec = self._spec(sid, attempt, now)
+        except InterpolationError as e:
+            t = self.wall()
+            self._record(StepResult(sid, attempt, StepStatus.FAILED, error=mask(str(e), self.secrets),
+                                    started_at=t, finished_at=t), now)
+            return
+        if not restart:
+            self._log_line(f"STEP START {sid} attempt={attempt}")
+            self.reporter.step_started(sid, attempt)
+        try:
+            fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
+        except (BrokenExecutor, RuntimeError):
+            self.pool.replace()
+            fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
+        self.inflight[sid] = (attempt, fut)
+        self._dirty = True
+
+    def _on_done(self, sid: str, attempt: int, fut: Future) -> None:
+        """Runs in the executor's thread: hand over and wake the loop, nothing more."""
+        self._done.append((sid, attempt, fut))
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def _spec(self, sid: str, attempt: int, now: float) -> StepSpec:
+        ws, store = self.ws, self.store
+        step = ws.step(sid)
+        outputs = _Outputs(self.records)
+        sub = dict(ws_id=ws.id, run_id=self.run_id, run_dir=str(self.run_dir))
+        tasks: list[Task] = []
+        if step.tool == PYTHON:
+            inputs = {d: (self.records[d].return_value if ws.step(d).tool == PYTHON
+                          else self.records[d].outputs) for d in step.depends_on}
+            tasks.append(Task(label=step.callable or "", callable=step.callable, args=tuple(step.args),
+                              kwargs=dict(step.kwargs), inputs=inputs))
+        for t in (step.tasks if step.tool != PYTHON else ()):
+            text = substitute_task(t, outputs=outputs, **sub)
+            tasks.append(self._task(step.tool, text, sid))
+        tests = tuple(Task(label=t, argv=("/bin/sh", "-c", substitute_task(t, outputs=outputs, **sub)))
+                      for t in step.acceptance_tests)
+        timeout = step.timeout or ws.execution.timeout_per_step
+        reason = f"timeout of {timeout:g}s"
+        g = self.group_of.get(sid)
+        if g is not None and g.timeout:
+            start = self.group_start.setdefault(g.id, now)
+            left = start + g.timeout - now
+            if left < timeout:
+                timeout, reason = max(0.0, left), f"step group {g.id} timeout of {g.timeout:g}s"
+        env = dict(self.opt.extra_env)
+        if step.tool not in (SHELL, PYTHON):
+            env.update(ws.tools[step.tool].env)
+        env.update(step.env)
+        env.update(ORCHESTRATOR_WS_ID=ws.id, ORCHESTRATOR_RUN_ID=self.run_id,
+                   ORCHESTRATOR_STEP_ID=sid, ORCHESTRATOR_ATTEMPT=str(attempt),
+                   ORCHESTRATOR_RUN_DIR=str(self.run_dir))
+        cwd = str((self.opt.project_root / step.cwd).resolve()) if step.cwd else str(self.opt.project_root)
+        return StepSpec(ws_id=ws.id, run_id=self.run_id, step_id=sid, attempt=attempt,
+                        tasks=tuple(tasks), acceptance_tests=tests, env=env, cwd=cwd,
+                        project_root=str(self.opt.project_root), timeout=timeout, timeout_reason=reason,
+                        log_path=str(store.step_log(sid)), output_path=str(store.step_output(sid)),
+                        grace=self.opt.grace, max_log_bytes=ws.execution.max_log_bytes,
+                        secrets=self.secrets, cancel_dir=str(store.cancel_dir))
+
+    def _task(self, tool: str, text: str, sid: str) -> Task:
+        if tool == SHELL:
+            return Task(label=text, argv=("/bin/sh", "-c", text))
+        t = self.ws.tools[tool]
+        files = list(self.ws.step(sid).files_scope.writes)
+        argv: list[str] = []
+        for part in t.command:
+            if part == "{files}":
+                argv.extend(files)
+                continue
+            argv.append(part.replace("{task}", text).replace("{step_id}", sid)
+                        .replace("{ws_id}", self.ws.id).replace("{files}", " ".join(files)))
+        return Task(label=text, argv=tuple(argv))
+
+    # --- results -----------------------------------------------------------------------------------
+    def _read_progress(self, fd: int, partial: bytes) -> bytes:
+        import json
+        try:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                partial += chunk
+        except BlockingIOError:
+            pass
+        except OSError:
+            return b""
+        *lines, partial = partial.split(b"\n")
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            kind, sid = ev[0], ev[1]
+            if sid not in self.records or sid not in self.inflight:
+                continue
+            if kind == "start":
+                self.worker_pid[sid] = ev[3]
+                self.records[sid].worker = f"local:{ev[3]}"
+            elif kind == "task":
+                self.records[sid].task_index, self.records[sid].task_count = ev[2], ev[3]
+                self.reporter.step_progress(sid, ev[2], ev[3])
+                self._dirty = True
+        return partial
+
+    def _collect(self, now: float) -> None:
+        broken: list[tuple[str, int]] = []
+        while self._done:
+            sid, attempt, fut = self._done.popleft()
+            cur = self.inflight.get(sid)
+            if cur is None or cur[1] is not fut:
+                continue  # a superseded future (its step was restarted on a new pool)
+            try:
+                result: StepResult = fut.result()
+            except BrokenExecutor:
+                broken.append((sid, attempt))
+                continue
+            except CancelledError:
+                result = self._lost(sid, attempt, StepStatus.CANCELLED, "cancelled before it started")
+            except Exception as e:  # noqa: BLE001 - e.g. the spec could not be sent to the worker
+                result = self._lost(sid, attempt, StepStatus.FAILED,
+                                    f"could not run on the worker: {type(e).__name__}: {e}")
+            del self.inflight[sid]
+            self._record(result, now)
+        if broken:
+            self._recover(broken, now)
+
+    def _lost(self, sid: str, attempt: int, status: StepStatus, error: str) -> StepResult:
+        t = self.wall()
+        rec = self.records[sid]
+        return StepResult(sid, attempt, status, error=error, started_at=t if rec.started_at is None
+                          else max(rec.started_at, t - 0.0), finished_at=t, worker=rec.worker or "")
+
+    def _recover(self, broken: list[tuple[str, int]], now: float) -> None:
+        """A pool worker died: blame the step it ran, replace the pool, restart the others."""
+        codes = self.pool.exit_codes()
+        dead = {pid: code for pid, code in codes.items()
+                if code is not None and code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM)}
+        # orphans of the dead worker's step were adopted by us (we are a subreaper): end them
+        live_workers = {pid for pid, code in codes.items() if code is None}
+        for pid in procs.children(os.getpid()):
+            if pid not in live_workers and pid not in codes:
+                procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        self.pool.replace()
+        for sid, attempt in broken:
+            del self.inflight[sid]
+            pid = self.worker_pid.get(sid)
+            if pid in dead or (not dead and pid is None):
+                code = dead.get(pid)
+                why = (f"worker process died (signal {-code})" if code is not None and code < 0
+                       else f"worker process died (exit code {code})" if code is not None
+                       else "worker process died")
+                self._record(self._lost(sid, attempt, StepStatus.FAILED, why), now)
+            elif self.sched.stopping:
+                self._record(self._lost(sid, attempt, StepStatus.CANCELLED, "cancelled"), now)
+            else:
+                self._log_line(f"STEP RESTART {sid} attempt={attempt}: the pool was replaced")
+                self._submit(sid, now, restart=True)
+
+    def _record(self, result: StepResult, now: float) -> None:
+        sid = result.step_id
+        rec = self.records[sid]
+        result_error = mask(result.error, self.secrets)
+        if result_error != result.error:
+            result = StepResult(**{**result.__dict__, "error": result_error})
+        rec.absorb(result)
+        self.inflight.pop(sid, None)
+        outcome = self.sched.finish(sid, result.status, now, error=result.error)
+        if outcome.retry_at is not None:
+            rec.status = StepStatus.PENDING
+            self._log_line(f"STEP RETRY {sid} attempt={result.attempt} {result.status.value}: "
+                           f"{result.error}; next attempt in {outcome.retry_at - now:.1f}s")
+            self.reporter.step_changed(sid, StepStatus.PENDING, f"retrying: {result.error}")
+        else:
+            rec.status = result.status
+            detail = f" error={result.error}" if result.error else ""
+            self._log_line(f"STEP END {sid} status={result.status.value} attempt={result.attempt} "
+                           f"duration={result.duration_s:.3f}s{detail}")
+            done = sum(1 for r in self.records.values() if r.status.terminal)
+            self.reporter.step_finished(rec, done, len(self.records))
+        self._apply(outcome)
+        self._dirty = True
+
+    def _apply(self, outcome) -> None:
+        for ch in outcome.changes:
+            rec = self.records[ch.step_id]
+            rec.status = ch.status
+            rec.error = ch.reason
+            rec.blocked_by = list(self.sched.state[ch.step_id].blocked_by)
+            self._log_line(f"STEP {ch.status.value.upper()} {ch.step_id}: {ch.reason}")
+            self.reporter.step_changed(ch.step_id, ch.status, ch.reason)
+        for sid in outcome.cancel:
+            self.store.cancel(sid)
+            if self._cancel_at is None:
+                self._cancel_at = self.clock()
+        self._dirty = True
+
+    def _backstop(self, now: float) -> None:
+        """Workers enforce timeouts; this catches a worker that stopped answering."""
+        if self._cancel_at is not None and self.inflight and now - self._cancel_at > self.opt.grace + 3.0:
+            self._log_line("CANCEL BACKSTOP workers did not stop their steps in time: killing them")
+            self._kill_workers_trees(grace=0.0)
+            self._cancel_at = now
+        for sid, (attempt, fut) in list(self.inflight.items()):
+            limit = self.records[sid].timeout_s + self.opt.grace + 30.0
+            started = self.records[sid].started_at
+            if started is not None and self.wall() - started > limit * (attempt or 1) and not fut.done():
+                pid = self.worker_pid.get(sid)
+                if pid:
+                    self._log_line(f"STEP BACKSTOP {sid}: worker {pid} stopped answering; killing it")
+                    procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
+
+    def _kill_workers_trees(self, grace: float) -> None:
+        for pid in self.pool.worker_pids():
+            procs.kill_tree(pid, grace=grace, reap=False)
+
+    # --- records -----------------------------------------------------------------------------------
+    def _log_line(self, line: str) -> None:
+        self.store.log(mask(line, self.secrets) or "")
+
+    def _state(self, status: str, finished: float | None = None) -> dict[str, Any]:
+        return state_dict(ws=self.ws, run_id=self.run_id, status=status, pid=os.getpid(),
+                          started_at=self.started_at, updated_at=self.wall(), finished_at=finished,
+                          execution=self._execution_dict(), records=self.records)
+
+    def _flush(self, force: bool = False) -> None:
+        now = self.clock()
+        if not force and (not self._dirty or now - self._last_flush < STATE_FLUSH_INTERVAL):
+            return
+        for sid, rec in self.records.items():
+            if rec.status in (StepStatus.BLOCKED,):
+                rec.blocked_by = list(self.sched.state[sid].blocked_by)
+        self.store.write_json("state.json", self._state("running"))
+        self._dirty = False
+        self._last_flush = now
+
+    def _final_status(self) -> str:
+        if self.interrupted:
+            return "interrupted"
+        ok = all(r.status is StepStatus.SUCCEEDED for r in self.records.values())
+        return "succeeded" if ok else "failed"
+
+    def _finish(self) -> RunOutcome:
+        finished = self.wall()
+        status = self._final_status()
+        for sid, rec in self.records.items():
+            if rec.status is StepStatus.BLOCKED:
+                rec.blocked_by = list(self.sched.state[sid].blocked_by)
+        summary = self._write_results(status, finished)
+        c = summary["summary"]
+        self._log_line(f"RUN END ws={self.ws.id} run={self.run_id} status={status} "
+                       f"succeeded={c['succeeded']} failed={c['failed']} timed_out={c['timed_out']} "
+                       f"blocked={c['blocked']} skipped={c['skipped']} cancelled={c['cancelled']} "
+                       f"pending={c['pending']} wall={c['wall_time_s']}s")
+        self.store.close()
+        self.reporter.run_finished(summary, self.run_dir)
+        code = {"succeeded": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
+        return RunOutcome(code, self.run_id, self.run_dir, summary)
+
+    def _write_results(self, status: str, finished: float) -> dict[str, Any]:
+        self.store.write_json("state.json", self._state(status, finished))
+        log_files = {sid: f"steps/{sid}.log" for sid in self.records}
+        summary = summary_dict(ws=self.ws, run_id=self.run_id, status=status,
+                               started_at=self.started_at, finished_at=finished,
+                               execution=self._execution_dict(), records=self.records,
+                               log_file=log_files)
+        self.store.write_json("results_summary.json", summary)
+        tails = {s["id"]: mask(self.store.log_tail(s["id"]), self.secrets) or ""
+                 for s in summary["steps"] if s["status"] not in ("succeeded", "pending", "blocked", "skipped")}
+        self.store.write_text("execution_report.md", render_report(summary, log_tails=tails))
+        self.store.write_text("junit.xml", render_junit(summary))
+        return summary
+
+    def _close_after_crash(self) -> None:
+        """An unexpected error in the loop itself: still leave a readable state and a summary."""
+        try:
+            for rec in self.records.values():
+                if rec.status is StepStatus.RUNNING:
+                    rec.status = StepStatus.CANCELLED
+                    rec.error = rec.error or "cancelled: the orchestrator stopped unexpectedly"
+            if getattr(self, "run_dir", None) is not None and hasattr(self, "sched"):
+                self._write_results("interrupted", self.wall())
+        finally:
+            self.store.close()
+
+
+def _local_pool(workers: int, progress_fd: int | None):
+    from .pool import LocalPool
+    return LocalPool(workers, progress_fd)
+
+
+class _Outputs(Mapping):
+    """Step outputs by step id, read from the records when a task refers to them."""
+
+    def __init__(self, records: dict[str, StepRecord]):
+        self._records = records
+
+    def __getitem__(self, sid: str) -> dict[str, Any]:
+        return self._records[sid].outputs
+
+    def __iter__(self):
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)

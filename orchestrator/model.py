@@ -1,0 +1,279 @@
+"""The typed model: what a workstream is, and what crosses the process boundary.
+
+`Workstream`, `Step`, `StepGroup`, `Tool` and `Execution` are built once by the loader from a validated
+file and never change. `StepSpec` is the only thing that goes into a worker process and `StepResult` the
+only thing that comes back; both are frozen dataclasses of plain values so they pickle cheaply and
+identically for a local process pool and a Dask cluster.
+
+Step states (`StepStatus`) and their legal transitions::
+
+    pending  -> running            a slot was free, dependencies succeeded
+    pending  -> blocked            a dependency ended in anything but succeeded
+    pending  -> skipped            the failure policy, the run timeout or an open circuit stopped it
+    running  -> succeeded | failed | timed_out | cancelled
+    running  -> pending            a failed or timed-out attempt with retries left (waits retry_delay)
+    (any terminal but succeeded) -> pending   only when a run is resumed
+
+`running` exists only while a run is live; an interrupted run leaves never-started steps `pending`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from enum import Enum
+from typing import Any, Mapping
+
+
+class StepStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    BLOCKED = "blocked"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (StepStatus.PENDING, StepStatus.RUNNING)
+
+    @property
+    def bad(self) -> bool:
+        """Ended without success: dependents of such a step are blocked."""
+        return self.terminal and self is not StepStatus.SUCCEEDED
+
+    def __str__(self) -> str:  # f-strings show the value, not the member name
+        return self.value
+
+
+TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
+    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.BLOCKED, StepStatus.SKIPPED}),
+    StepStatus.RUNNING: frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.TIMED_OUT,
+                                   StepStatus.CANCELLED, StepStatus.PENDING}),
+}
+
+
+class OnFailure(str, Enum):
+    CONTINUE = "continue"
+    FAIL_ALL = "fail_all"
+    COMPLETE_RUNNING = "complete_running"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class RunStatus(str, Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SHELL = "shell"
+PYTHON = "python"
+DEFAULT_MAX_LOG_BYTES = 50 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FilesScope:
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A named command-line tool: `command` is an argv template with {task} {files} {step_id} {ws_id}."""
+
+    name: str
+    command: tuple[str, ...]
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    index: int                                   # position in the file: the last tie-breaker
+    tool: str = SHELL
+    tasks: tuple[str, ...] = ()
+    callable: str | None = None                  # "package.module:function" for the python tool
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+    files_scope: FilesScope = FilesScope()
+    acceptance_tests: tuple[str, ...] = ()
+    timeout: float | None = None                 # None: execution.timeout_per_step
+    retries: int = 0
+    retry_delay: float = 1.0
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str | None = None                       # relative to the project root
+    estimated_duration: float | None = None
+    priority: int = 0
+    resources: Mapping[str, float] = field(default_factory=dict)
+    description: str = ""
+
+    def definition_hash(self) -> str:
+        """A digest of everything that decides what the step does (not its position or hints).
+
+        `run --resume` keeps a succeeded step only while this digest is unchanged.
+        """
+        what = {
+            "tool": self.tool, "tasks": list(self.tasks), "callable": self.callable,
+            "args": list(self.args), "kwargs": dict(self.kwargs), "depends_on": list(self.depends_on),
+            "acceptance_tests": list(self.acceptance_tests), "env": dict(self.env), "cwd": self.cwd,
+            "files_scope": [list(self.files_scope.reads), list(self.files_scope.writes)],
+        }
+        blob = json.dumps(what, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StepGroup:
+    id: str
+    steps: tuple[str, ...]
+    execute: str = "parallel"                    # "parallel" | "sequential"
+    max_workers: int | None = None
+    on_failure: OnFailure | None = None
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Execution:
+    parallel: bool = True
+    max_workers: int = 4
+    timeout_per_step: float = 300.0
+    run_timeout: float | None = None
+    rate_limit_delay: float = 0.0
+    rate_limit: float | None = None
+    on_failure: OnFailure = OnFailure.CONTINUE
+    adaptive_scaling: bool = False
+    executor: str = "process"                    # "process" | "dask"
+    scheduler_address: str | None = None
+    circuit_breaker_threshold: int | None = None
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+
+    @property
+    def min_start_interval(self) -> float:
+        """Least seconds between two step starts: the stricter of rate_limit_delay and rate_limit."""
+        interval = self.rate_limit_delay
+        if self.rate_limit:
+            interval = max(interval, 1.0 / self.rate_limit)
+        return interval
+
+    @property
+    def effective_workers(self) -> int:
+        return self.max_workers if self.parallel else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "parallel": self.parallel, "max_workers": self.max_workers,
+            "timeout_per_step": self.timeout_per_step, "run_timeout": self.run_timeout,
+            "rate_limit_delay": self.rate_limit_delay, "rate_limit": self.rate_limit,
+            "on_failure": self.on_failure.value, "adaptive_scaling": self.adaptive_scaling,
+            "executor": self.executor, "scheduler_address": self.scheduler_address,
+            "circuit_breaker": ({"failure_threshold": self.circuit_breaker_threshold}
+                                if self.circuit_breaker_threshold else None),
+            "max_log_bytes": self.max_log_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Workstream:
+    id: str
+    steps: tuple[Step, ...]
+    execution: Execution = Execution()
+    tools: Mapping[str, Tool] = field(default_factory=dict)
+    step_groups: tuple[StepGroup, ...] = ()
+    title: str = ""
+    description: str = ""
+    source: str = ""                             # the file it was loaded from, for messages
+
+    @cached_property
+    def _by_id(self) -> dict[str, Step]:
+        return {s.id: s for s in self.steps}
+
+    def step(self, step_id: str) -> Step:
+        return self._by_id[step_id]
+
+    @property
+    def step_ids(self) -> tuple[str, ...]:
+        return tuple(s.id for s in self.steps)
+
+
+# --- the process boundary -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Task:
+    """One thing to run in a child process of the worker."""
+
+    label: str                                   # what a person reads in messages: the task string
+    argv: tuple[str, ...] = ()                   # exec'd without a shell (shell tasks: /bin/sh -c)
+    callable: str | None = None                  # python tasks: "module:function"
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Everything a worker needs to run one attempt of one step, and nothing else."""
+
+    ws_id: str
+    run_id: str
+    step_id: str
+    attempt: int
+    tasks: tuple[Task, ...]
+    acceptance_tests: tuple[Task, ...]
+    env: Mapping[str, str]                       # added to the inherited environment
+    cwd: str                                     # absolute
+    project_root: str
+    timeout: float                               # seconds for tasks and acceptance tests together
+    timeout_reason: str                          # e.g. "timeout of 30s", "step group 'g' timeout"
+    log_path: str
+    output_path: str
+    grace: float = 5.0
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    secrets: tuple[str, ...] = ()                # values masked as *** in the log
+    cancel_dir: str = ""                         # local runs: the run's cancel flags live here
+
+
+@dataclass(frozen=True)
+class TestResult:
+    command: str
+    status: str                                  # "passed" | "failed" | "timed_out" | "cancelled" | "not_run"
+    exit_code: int | None
+    duration_s: float
+    output_tail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"command": self.command, "status": self.status, "exit_code": self.exit_code,
+                "duration_s": round(self.duration_s, 4)}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What a worker returns for one attempt. Workers never raise: every outcome is one of these."""
+
+    step_id: str
+    attempt: int
+    status: StepStatus                           # succeeded | failed | timed_out | cancelled
+    exit_code: int | None = None
+    error: str | None = None
+    started_at: float = 0.0                      # epoch seconds
+    finished_at: float = 0.0
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    return_value: Any = None                     # python steps: what the callable returned
+    acceptance_tests: tuple[TestResult, ...] = ()
+    peak_rss_bytes: int | None = None
+    cpu_time_s: float | None = None
+    worker: str = ""
+    log_bytes: int = 0
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.finished_at - self.started_at)

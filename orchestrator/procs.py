@@ -1,0 +1,217 @@
+"""Process-tree helpers: find every descendant, kill a whole tree, keep orphans from escaping.
+
+A step runs as the leader of its own session, so `killpg` reaches the processes that stayed in its
+group. Children that called `setsid` or double-forked leave the group; they are caught because every
+pool worker is a Linux child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans re-parent to the worker
+instead of init, so "all descendants of this worker" is exactly "everything the step started". The
+descendant walk reads `/proc/<pid>/task/<tid>/children` (cheap) and falls back to psutil.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import signal
+import time
+from typing import Iterable
+
+import psutil
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc = None
+
+
+def _prctl(option: int, value: int) -> bool:
+    global _libc
+    try:
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        return _libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # not Linux: the features degrade, nothing breaks
+        return False
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants re-parent to this process instead of init."""
+    return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies."""
+    return _prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of `pid`."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    try:
+        for tid in tids:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        return out
+    except FileNotFoundError:
+        return out
+    except OSError:
+        try:
+            return [c.pid for c in psutil.Process(pid).children()]
+        except psutil.Error:
+            return []
+
+
+def descendants(pid: int) -> list[int]:
+    """Every living descendant of `pid`, parents before children."""
+    out: list[int] = []
+    stack = children(pid)
+    seen = set()
+    while stack:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        out.append(p)
+        stack.extend(children(p))
+    return out
+
+
+def _signal(pids: Iterable[int], sig: int) -> None:
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+
+
+def killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except OSError:
+        pass
+
+
+def reap_children() -> None:
+    """Collect exit statuses of finished children (orphans adopted by this subreaper included)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        except OSError as e:  # pragma: no cover - EINTR is retried by Python
+            if e.errno != errno.EINTR:
+                return
+            continue
+        if pid == 0:
+            return
+
+
+def has_children() -> bool:
+    """True when this process has any child at all, running or zombie (cheap: one waitid call)."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # a zombie ("Z") is dead for our purposes; its parent will reap it
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def kill_tree(root: int | None, *, pgids: Iterable[int] = (), grace: float = 5.0,
+              include_root: bool = False, reap: bool = True) -> None:
+    """SIGTERM a process tree, wait up to `grace` seconds, SIGKILL what is left.
+
+    The tree is: the process groups `pgids`, and every descendant of `root` (which, in a subreaper,
+    includes orphans that escaped with setsid or double forks); `root` itself only with include_root.
+    """
+    pgids = list(pgids)
+
+    def members() -> list[int]:
+        found = descendants(root) if root is not None else []
+        if include_root and root is not None and _alive(root):
+            found.append(root)
+        return found
+
+    targets = members()
+    for g in pgids:
+        killpg(g, signal.SIGTERM)
+    _signal(targets, signal.SIGTERM)
+    deadline = time.monotonic() + max(0.0, grace)
+    delay = 0.002
+    while True:
+        if reap:
+            reap_children()
+        alive = [p for p in members() if _alive(p)]
+        group_alive = any(_group_alive(g) for g in pgids)
+        if not alive and not group_alive:
+            break
+        if time.monotonic() >= deadline:
+            for g in pgids:
+                killpg(g, signal.SIGKILL)
+            _signal(alive, signal.SIGKILL)
+            # a process may fork between our listing and the kill: sweep until nothing is left
+            for _ in range(50):
+                if reap:
+                    reap_children()
+                rest = [p for p in members() if _alive(p)]
+                if not rest and not any(_group_alive(g) for g in pgids):
+                    break
+                _signal(rest, signal.SIGKILL)
+                for g in pgids:
+                    killpg(g, signal.SIGKILL)
+                time.sleep(0.01)  # waiting for the kernel to finish the kills, not synchronisation
+            break
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+    if reap:
+        reap_children()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg succeeds while zombies remain in the group; look for a live member
+    try:
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if os.getpgid(p.info["pid"]) == pgid and _alive(p.info["pid"]):
+                    return True
+            except OSError:
+                continue
+    except psutil.Error:
+        return True
+    return False
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def tree_rss(root: int) -> int:
+    """Resident memory of every descendant of `root`, in bytes (a sample, read from /proc)."""
+    total = 0
+    for p in descendants(root):
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1]) * _PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists and is not a zombie."""
+    return _alive(pid)

@@ -1,0 +1,167 @@
+"""The run's record as data: the live state dict and the final summary dict.
+
+Both are pure functions of the scheduler's states and the per-step records the dispatcher keeps, so
+`state.json`, `results_summary.json`, the report and `status` all tell one story. A `StepRecord` is the
+dispatcher's mutable bookkeeping for one step across its attempts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from .model import StepResult, StepStatus, Workstream
+from .report import iso
+
+
+@dataclass
+class StepRecord:
+    step_id: str
+    depends_on: tuple[str, ...]
+    timeout_s: float
+    description: str = ""
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    started_at: float | None = None      # first attempt's start (epoch)
+    finished_at: float | None = None     # last attempt's end
+    task_index: int | None = None
+    task_count: int | None = None
+    worker: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    blocked_by: list[str] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    return_value: Any = None
+    result: StepResult | None = None
+    acceptance_tests: list[dict] = field(default_factory=list)
+    peak_rss_bytes: int | None = None
+    cpu_time_s: float | None = None
+    definition_hash: str = ""
+    kept: bool = False                   # succeeded in an earlier session of a resumed run
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+    def absorb(self, result: StepResult) -> None:
+        """Take in one attempt's result."""
+        self.result = result
+        if self.started_at is None:
+            self.started_at = result.started_at
+        self.finished_at = result.finished_at
+        self.exit_code = result.exit_code
+        self.error = result.error
+        self.worker = result.worker or self.worker
+        self.outputs = dict(result.outputs)
+        self.return_value = result.return_value
+        self.acceptance_tests = [dict(t.to_dict(), output_tail=t.output_tail)
+                                 for t in result.acceptance_tests]
+        if result.peak_rss_bytes:
+            self.peak_rss_bytes = max(self.peak_rss_bytes or 0, result.peak_rss_bytes)
+        if result.cpu_time_s is not None:
+            self.cpu_time_s = round((self.cpu_time_s or 0.0) + result.cpu_time_s, 4)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value, "depends_on": list(self.depends_on), "attempt": self.attempts,
+            "started_at": iso(self.started_at) if self.started_at else None,
+            "finished_at": iso(self.finished_at) if self.finished_at and self.status.terminal else None,
+            "started_epoch": self.started_at, "finished_epoch": self.finished_at,
+            "duration_s": _r(self.duration_s) if self.status.terminal else None,
+            "task_index": self.task_index, "task_count": self.task_count,
+            "error": self.error, "exit_code": self.exit_code, "blocked_by": list(self.blocked_by),
+            "worker": self.worker, "definition_hash": self.definition_hash,
+            "outputs": self.outputs, "return_value": self.return_value,
+            "acceptance_tests": self.acceptance_tests, "peak_rss_bytes": self.peak_rss_bytes,
+            "cpu_time_s": self.cpu_time_s,
+        }
+
+    @classmethod
+    def from_state(cls, step_id: str, d: Mapping[str, Any], timeout_s: float) -> "StepRecord":
+        rec = cls(step_id, tuple(d.get("depends_on") or ()), timeout_s)
+        rec.status = StepStatus(d.get("status", "pending"))
+        rec.attempts = int(d.get("attempt") or 0)
+        rec.started_at = d.get("started_epoch")
+        rec.finished_at = d.get("finished_epoch")
+        rec.worker, rec.error, rec.exit_code = d.get("worker"), d.get("error"), d.get("exit_code")
+        rec.outputs = dict(d.get("outputs") or {})
+        rec.return_value = d.get("return_value")
+        rec.acceptance_tests = list(d.get("acceptance_tests") or [])
+        rec.peak_rss_bytes, rec.cpu_time_s = d.get("peak_rss_bytes"), d.get("cpu_time_s")
+        rec.definition_hash = d.get("definition_hash") or ""
+        return rec
+
+
+def _r(x: float | None, nd: int = 4) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def state_dict(*, ws: Workstream, run_id: str, status: str, pid: int, started_at: float,
+               updated_at: float, finished_at: float | None, execution: Mapping[str, Any],
+               records: Mapping[str, StepRecord]) -> dict[str, Any]:
+    return {
+        "schema_version": 1, "workstream_id": ws.id, "run_id": run_id, "title": ws.title,
+        "status": status, "pid": pid, "started_at": iso(started_at), "started_epoch": started_at,
+        "updated_at": iso(updated_at), "finished_at": iso(finished_at) if finished_at else None,
+        "execution": dict(execution),
+        "steps": {sid: rec.state_dict() for sid, rec in records.items()},
+    }
+
+
+def max_concurrency(intervals: Iterable[tuple[float, float]]) -> int:
+    points = []
+    for a, b in intervals:
+        points.append((a, 1))
+        points.append((b, -1))
+    best = cur = 0
+    for _, d in sorted(points, key=lambda p: (p[0], p[1])):  # ends before starts at equal times
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def summary_dict(*, ws: Workstream, run_id: str, status: str, started_at: float, finished_at: float,
+                 execution: Mapping[str, Any], records: Mapping[str, StepRecord],
+                 log_file: Mapping[str, str]) -> dict[str, Any]:
+    steps = []
+    counts = {k: 0 for k in ("succeeded", "failed", "timed_out", "blocked", "skipped", "cancelled",
+                             "pending")}
+    seq = 0.0
+    intervals = []
+    for sid, rec in records.items():
+        st = rec.status if rec.status is not StepStatus.RUNNING else StepStatus.CANCELLED
+        counts[st.value] = counts.get(st.value, 0) + 1
+        dur = rec.duration_s
+        if dur is not None and not rec.kept:
+            seq += dur
+        start_off = rec.started_at - started_at if rec.started_at is not None else None
+        end_off = rec.finished_at - started_at if rec.finished_at is not None else None
+        if start_off is not None and end_off is not None and not rec.kept:
+            intervals.append((start_off, end_off))
+        steps.append({
+            "id": sid, "status": st.value, "description": rec.description,
+            "depends_on": list(rec.depends_on), "attempts": rec.attempts, "exit_code": rec.exit_code,
+            "error": rec.error,
+            "started_at": iso(rec.started_at) if rec.started_at is not None else None,
+            "finished_at": iso(rec.finished_at) if rec.finished_at is not None else None,
+            "start_offset_s": _r(start_off), "end_offset_s": _r(end_off), "duration_s": _r(dur),
+            "timeout_s": rec.timeout_s, "log_file": log_file[sid], "blocked_by": list(rec.blocked_by),
+            "outputs": rec.outputs, "acceptance_tests": rec.acceptance_tests,
+            "peak_rss_bytes": rec.peak_rss_bytes, "cpu_time_s": rec.cpu_time_s, "worker": rec.worker,
+            "kept_from_earlier_session": rec.kept,
+        })
+    wall = max(0.0, finished_at - started_at)
+    total = len(steps)
+    summary = dict(counts)
+    summary.update({
+        "total": total, "wall_time_s": _r(wall), "sequential_time_s": _r(seq),
+        "speedup": _r(seq / wall if wall > 0 else 0.0, 3),
+        "success_rate": _r(counts["succeeded"] / total if total else 0.0),
+        "max_concurrency": max_concurrency(intervals),
+    })
+    return {
+        "schema_version": 1, "workstream_id": ws.id, "run_id": run_id, "title": ws.title,
+        "status": status, "started_at": iso(started_at), "finished_at": iso(finished_at),
+        "execution": dict(execution), "steps": steps, "summary": summary,
+    }

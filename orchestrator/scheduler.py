@@ -1,0 +1,350 @@
+"""The pure scheduling core: which steps may start now, and what a finished attempt changes.
+
+The dispatcher drives it like `graphlib.TopologicalSorter`: `take_ready(now)` hands out the steps that
+may start (and marks them running), `finish(step, status, now)` records an attempt's end, and `done`
+says when nothing is left to start or wait for. It holds no processes, files or clock: `now` is passed
+in, so the same object runs a real run, a dry-run simulation and the unit tests.
+
+State, per step: `status` (a `StepStatus`), `attempts`, `not_before` (retry delay), `blocked_by`,
+`reason` (why it was skipped or blocked). Shared: `unmet` (dependencies not yet succeeded), the ready
+heap, running counts per group, the token bucket, consecutive failures per tool, and `stopping`.
+
+Selection policy, among steps whose dependencies have all succeeded: higher `priority` first, then the
+longer remaining path to the end of the graph (by duration estimates or history), then file order.
+A step starts only while a slot is free (`max_workers`), its group has room (`max_workers`, or one at
+a time and in listed order for `sequential` groups), no step it conflicts with is running
+(`--on-conflict serialize`), its retry delay has passed and the rate limiter has a token.
+
+Failure policies: `continue` blocks the failed step's dependents; `fail_all` also cancels every running
+step and skips everything not started; `complete_running` skips everything not started and lets running
+steps finish. A step group's own `on_failure` applies the same within the group. A circuit breaker skips
+the remaining steps of a tool after N consecutive failed steps of it. `stop()` is the run timeout
+(pending steps skipped) or an interrupt (pending steps stay pending).
+"""
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from .model import OnFailure, StepStatus, Workstream
+from .ratelimit import TokenBucket
+
+_FAILED = (StepStatus.FAILED, StepStatus.TIMED_OUT)
+
+
+@dataclass
+class StepState:
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    not_before: float = 0.0
+    blocked_by: list[str] = field(default_factory=list)
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A status change the caller should record (log, state) — besides the ones it asked for."""
+
+    step_id: str
+    status: StepStatus
+    reason: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What `finish` decided: retry or not, and what else changed because of it."""
+
+    retry_at: float | None = None
+    changes: list[Change] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)  # running steps the caller must cancel
+
+
+class Scheduler:
+    def __init__(self, ws: Workstream, *, max_workers: int | None = None,
+                 on_failure: OnFailure | None = None,
+                 priorities: Mapping[str, float] | None = None,
+                 serialize: Iterable[tuple[str, str]] = (),
+                 keep: Iterable[str] = (),
+                 min_start_interval: float | None = None,
+                 rng: random.Random | None = None):
+        ex = ws.execution
+        self.ws = ws
+        self.max_workers = max(1, max_workers if max_workers is not None else ex.effective_workers)
+        self.on_failure = on_failure or ex.on_failure
+        self.circuit_threshold = ex.circuit_breaker_threshold
+        interval = ex.min_start_interval if min_start_interval is None else min_start_interval
+        self.bucket = TokenBucket(interval)
+        self.rng = rng or random.Random(0)
+        self.steps = {s.id: s for s in ws.steps}
+        self.state: dict[str, StepState] = {s.id: StepState() for s in ws.steps}
+        self.dependents: dict[str, list[str]] = {s.id: [] for s in ws.steps}
+        for s in ws.steps:
+            for d in s.depends_on:
+                self.dependents[d].append(s.id)
+        prio = priorities or {}
+        self._key = {s.id: (-s.priority, -prio.get(s.id, 0.0), s.index) for s in ws.steps}
+        self.group_of: dict[str, str] = {}
+        self.group_cap: dict[str, int] = {}
+        self.group_policy: dict[str, OnFailure | None] = {}
+        self.prev_in_group: dict[str, str] = {}
+        for g in ws.step_groups:
+            cap = 1 if g.execute == "sequential" else (g.max_workers or self.max_workers)
+            self.group_cap[g.id] = cap
+            self.group_policy[g.id] = g.on_failure
+            for i, sid in enumerate(g.steps):
+                self.group_of[sid] = g.id
+                if g.execute == "sequential" and i > 0:
+                    self.prev_in_group[sid] = g.steps[i - 1]
+        self.group_running = {g: 0 for g in self.group_cap}
+        self.conflicts: dict[str, set[str]] = {}
+        for a, b in serialize:
+            self.conflicts.setdefault(a, set()).add(b)
+            self.conflicts.setdefault(b, set()).add(a)
+        self.running: set[str] = set()
+        self.stopping: str | None = None
+        self.interrupted = False
+        self.tool_failures: dict[str, int] = {}
+        self.max_concurrency = 0
+        self._heap: list[tuple[tuple, str]] = []
+        self._delayed: set[str] = set()  # pending again after a failed attempt, waiting retry_delay
+        self.unmet = {s.id: len(s.depends_on) for s in ws.steps}
+        kept = set(keep)
+        for sid in self.steps:  # resumed runs: earlier successes count as done
+            if sid in kept:
+                self.state[sid].status = StepStatus.SUCCEEDED
+        for sid in self.steps:
+            if sid in kept:
+                for dep in self.dependents[sid]:
+                    self.unmet[dep] -= 1
+        for sid, n in self.unmet.items():
+            if n == 0 and sid not in kept:
+                heapq.heappush(self._heap, (self._key[sid], sid))
+
+    # --- queries -----------------------------------------------------------------------------------
+    def status(self, step_id: str) -> StepStatus:
+        return self.state[step_id].status
+
+    @property
+    def done(self) -> bool:
+        """Nothing running and nothing that could still start."""
+        if self.running:
+            return False
+        if self.stopping:
+            return True
+        return not any(st.status is StepStatus.PENDING for st in self.state.values())
+
+    def next_wakeup(self, now: float) -> float | None:
+        """The earliest time at which `take_ready` may hand out something because time passed."""
+        if self.stopping or len(self.running) >= self.max_workers or not self._heap:
+            return None
+        times = []
+        wait = self.bucket.wait_time(now)
+        if wait > 0:
+            times.append(now + wait)
+        later = [self.state[sid].not_before for sid in self._delayed
+                 if self.state[sid].not_before > now]
+        if later:
+            times.append(min(later))
+        return min(times) if times else None
+
+    # --- handing out work --------------------------------------------------------------------------
+    def _may_start(self, sid: str, now: float) -> bool:
+        st = self.state[sid]
+        if st.not_before > now:
+            return False
+        self._delayed.discard(sid)
+        g = self.group_of.get(sid)
+        if g is not None and self.group_running[g] >= self.group_cap[g]:
+            return False
+        prev = self.prev_in_group.get(sid)
+        if prev is not None and not self.state[prev].status.terminal:
+            return False
+        others = self.conflicts.get(sid)
+        return not (others and others & self.running)
+
+    def take_ready(self, now: float) -> list[str]:
+        """Steps to start now, best first; each is marked running and its attempt counted."""
+        out: list[str] = []
+        if self.stopping:
+            return out
+        aside: list[tuple[tuple, str]] = []
+        while self._heap and len(self.running) < self.max_workers:
+            key, sid = heapq.heappop(self._heap)
+            if self.state[sid].status is not StepStatus.PENDING:
+                continue  # blocked or skipped while it waited
+            if not self._may_start(sid, now):
+                aside.append((key, sid))
+                continue
+            if not self.bucket.take(now):
+                aside.append((key, sid))
+                break
+            self._start(sid)
+            out.append(sid)
+        for item in aside:
+            heapq.heappush(self._heap, item)
+        return out
+
+    def _start(self, sid: str) -> None:
+        st = self.state[sid]
+        st.status = StepStatus.RUNNING
+        st.attempts += 1
+        self.running.add(sid)
+        g = self.group_of.get(sid)
+        if g is not None:
+            self.group_running[g] += 1
+        self.max_concurrency = max(self.max_concurrency, len(self.running))
+
+    # --- recording results -------------------------------------------------------------------------
+    def finish(self, sid: str, status: StepStatus, now: float, *, retry_delay: float | None = None,
+               error: str | None = None) -> Outcome:
+        """Record the end of the running attempt of `sid` with `status`.
+
+        A failed or timed-out attempt with retries left goes back to pending and waits
+        `retry_delay * 2**(attempt-1)` seconds, with up to 10% jitter so retries of many steps do
+        not start in lockstep.
+        """
+        st = self.state[sid]
+        if sid not in self.running:
+            raise ValueError(f"step {sid} is not running")
+        self.running.discard(sid)
+        g = self.group_of.get(sid)
+        if g is not None:
+            self.group_running[g] -= 1
+        step = self.steps[sid]
+        out = Outcome()
+        if status in _FAILED and st.attempts <= step.retries and not self.stopping:
+            base = step.retry_delay if retry_delay is None else retry_delay
+            delay = base * (2 ** (st.attempts - 1)) * (1.0 + 0.1 * self.rng.random())
+            st.status = StepStatus.PENDING
+            st.not_before = now + delay
+            self._delayed.add(sid)
+            heapq.heappush(self._heap, (self._key[sid], sid))
+            out.retry_at = st.not_before
+            return out
+        st.status = status
+        st.reason = error
+        if status is StepStatus.SUCCEEDED:
+            self.tool_failures[step.tool] = 0
+            for dep in self.dependents[sid]:
+                self.unmet[dep] -= 1
+                if self.unmet[dep] == 0 and self.state[dep].status is StepStatus.PENDING:
+                    heapq.heappush(self._heap, (self._key[dep], dep))
+            return out
+        if status is StepStatus.CANCELLED and self.interrupted:
+            return out  # an interrupted run leaves dependents pending, to be resumed
+        out.changes.extend(self._block_dependents(sid))
+        if status in _FAILED:
+            self._apply_policy(sid, out)
+            self._count_tool_failure(step.tool, out)
+        return out
+
+    def _block_dependents(self, sid: str) -> list[Change]:
+        """Every pending step that (transitively) depends on `sid` becomes blocked."""
+        changes: list[Change] = []
+        stack = [sid]
+        while stack:
+            cur = stack.pop()
+            for dep in self.dependents[cur]:
+                st = self.state[dep]
+                if st.status is not StepStatus.PENDING:
+                    if st.status is StepStatus.BLOCKED and cur not in st.blocked_by:
+                        st.blocked_by.append(cur)
+                    continue
+                st.status = StepStatus.BLOCKED
+                st.blocked_by = [cur]
+                word = "was blocked" if self.state[cur].status is StepStatus.BLOCKED else (
+                    f"ended {self.state[cur].status.value}")
+                st.reason = f"dependency {cur} {word}"
+                changes.append(Change(dep, StepStatus.BLOCKED, st.reason))
+                stack.append(dep)
+        return changes
+
+    def _skip(self, sids: Iterable[str], reason: str) -> list[Change]:
+        changes = []
+        for sid in sids:
+            st = self.state[sid]
+            if st.status is StepStatus.PENDING:
+                st.status = StepStatus.SKIPPED
+                st.reason = reason
+                changes.append(Change(sid, StepStatus.SKIPPED, reason))
+        return changes
+
+    def _apply_policy(self, sid: str, out: Outcome) -> None:
+        g = self.group_of.get(sid)
+        group_policy = self.group_policy.get(g) if g else None
+        if group_policy in (OnFailure.FAIL_ALL, OnFailure.COMPLETE_RUNNING):
+            members = [s for s in self.ws.step_groups if s.id == g][0].steps
+            reason = f"not started: step group {g} has on_failure={group_policy.value} and {sid} failed"
+            out.changes.extend(self._skip(members, reason))
+            if group_policy is OnFailure.FAIL_ALL:
+                out.cancel.extend(s for s in members if s in self.running)
+        if self.on_failure is OnFailure.CONTINUE:
+            return
+        reason = f"not started: on_failure={self.on_failure.value} after {sid} failed"
+        self.stopping = reason
+        out.changes.extend(self._skip(list(self.state), reason))
+        if self.on_failure is OnFailure.FAIL_ALL:
+            out.cancel.extend(s for s in self.running if s not in out.cancel)
+
+    def _count_tool_failure(self, tool: str, out: Outcome) -> None:
+        n = self.tool_failures.get(tool, 0) + 1
+        self.tool_failures[tool] = n
+        if not self.circuit_threshold or n < self.circuit_threshold:
+            return
+        reason = f"circuit open for tool {tool} ({n} consecutive failed steps)"
+        skipped = self._skip([s for s, step in self.steps.items() if step.tool == tool], reason)
+        out.changes.extend(skipped)
+        for ch in skipped:
+            out.changes.extend(self._block_dependents(ch.step_id))
+
+    def stop(self, reason: str, *, interrupted: bool = False) -> Outcome:
+        """Start nothing more. Run timeout: pending steps are skipped. Interrupt: they stay pending."""
+        out = Outcome()
+        if self.stopping is None or interrupted:
+            self.stopping = reason
+        self.interrupted = self.interrupted or interrupted
+        if not interrupted:
+            out.changes.extend(self._skip(list(self.state), f"not started: {reason}"))
+        out.cancel.extend(sorted(self.running))
+        return out
+
+    # --- for records -------------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in StepStatus}
+        for st in self.state.values():
+            counts[st.status.value] += 1
+        return counts
+
+
+def simulate(ws: Workstream, *, max_workers: int | None = None,
+             priorities: Mapping[str, float] | None = None,
+             durations: Mapping[str, float] | None = None,
+             serialize: Iterable[tuple[str, str]] = ()) -> list[tuple[str, float, float]]:
+    """Run the scheduler on a fake clock where every step succeeds after its estimated duration.
+
+    Returns `(step_id, start, end)` in start order: the plan `--dry-run` prints.
+    """
+    durations = durations or {}
+    sched = Scheduler(ws, max_workers=max_workers, priorities=priorities, serialize=serialize)
+    now = 0.0
+    events: list[tuple[float, int, str]] = []
+    plan: list[tuple[str, float, float]] = []
+    seq = 0
+    while not sched.done:
+        for sid in sched.take_ready(now):
+            step = sched.steps[sid]
+            d = durations.get(sid, step.estimated_duration if step.estimated_duration is not None else 1.0)
+            heapq.heappush(events, (now + d, seq, sid))
+            seq += 1
+            plan.append((sid, now, now + d))
+        wake = sched.next_wakeup(now)
+        if events and (wake is None or events[0][0] <= wake):
+            now, _, sid = heapq.heappop(events)
+            sched.finish(sid, StepStatus.SUCCEEDED, now)
+        elif wake is not None:
+            now = wake
+        elif not events:
+            break  # nothing can ever start (cannot happen for a validated workstream)
+    return plan

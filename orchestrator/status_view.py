@@ -1,0 +1,145 @@
+"""Text views for people at a terminal: the `status` view of a live run and the `run --dry-run` plan.
+
+Both are pure functions of plain dicts — `render_status` of `state.json` (SPEC §3) and `render_plan` of
+the scheduler's plan — with "now" passed in, so `cli` prints what they return and tests compare text.
+`render_status` follows the SPEC §4 layout exactly: a header, then only the non-empty sections in the
+order Completed (succeeded), Running, Pending, Blocked, Skipped, Failed (failed, timed out, cancelled),
+and `Progress: done/total steps complete`, where "complete" means succeeded, as in the SPEC example
+and the Completed section. Formatting helpers come from `orchestrator.report`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timezone
+from typing import Any
+
+from tabulate import tabulate
+
+from orchestrator.report import human_duration, parse_iso, progress_line
+
+__all__ = ["render_status", "render_plan"]
+
+_SECTIONS = ("Completed", "Running", "Pending", "Blocked", "Skipped", "Failed")
+_SECTION_OF = {"succeeded": "Completed", "running": "Running", "pending": "Pending",
+               "blocked": "Blocked", "skipped": "Skipped", "failed": "Failed",
+               "timed_out": "Failed", "cancelled": "Failed"}
+
+
+def _second(text: Any) -> str:
+    """`2026-11-25T14:30:22.123Z` shown as `2026-11-25T14:30:22Z` (unparseable text as it is)."""
+    dt = parse_iso(text)
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if dt else str(text or "-")
+
+
+def _duration(info: Mapping[str, Any]) -> float | None:
+    value = info.get("duration_s")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    start, end = parse_iso(info.get("started_at")), parse_iso(info.get("finished_at"))
+    return (end - start).total_seconds() if start and end else None
+
+
+def _first_line(text: Any) -> str:
+    return next((line.strip() for line in str(text).splitlines() if line.strip()), "")
+
+
+def _entry(sid: str, info: Mapping[str, Any], steps: Mapping[str, Mapping[str, Any]],
+           now_iso: str | None) -> list[str]:
+    """The line (and for failures the error line) of one step in its section."""
+    status = info.get("status")
+    attempt = info.get("attempt")
+    retried = isinstance(attempt, int) and attempt > 1
+    if status == "succeeded":
+        took = _duration(info)
+        notes = ([human_duration(took)] if took is not None else []) + ([f"attempt {attempt}"] if retried else [])
+        return [f"  ✓ {sid}" + (f" ({', '.join(notes)})" if notes else "")]
+    if status == "running":
+        line, notes = f"  ● {sid}", []
+        index, count = info.get("task_index"), info.get("task_count")
+        if isinstance(count, int) and count > 1 and isinstance(index, int):
+            line += f" [task {index}/{count}]"
+        else:
+            start, now = parse_iso(info.get("started_at")), parse_iso(now_iso)
+            if start and now:
+                notes.append(f"running {human_duration((now - start).total_seconds())}")
+        if retried:
+            notes.append(f"attempt {attempt}")
+        return [line + (f" ({', '.join(notes)})" if notes else "")]
+    if status == "blocked":
+        by = list(info.get("blocked_by") or [])
+        if not by:   # older states: name the dependencies that ended badly
+            by = [d for d in info.get("depends_on") or []
+                  if steps.get(d, {}).get("status") not in (None, "succeeded", "pending", "running")]
+        return [f"  ⊘ {sid}" + (f" (failed dependency: {', '.join(by)})" if by else "")]
+    if status == "skipped":
+        return [f"  – {sid} ({_first_line(info.get('error')) or 'skipped'})"]
+    if status in ("failed", "timed_out", "cancelled"):
+        tag = {"timed_out": " (timed out)", "cancelled": " (cancelled)"}.get(str(status), "")
+        error = _first_line(info.get("error") or "")
+        return [f"  ✗ {sid}{tag}"] + ([f"    Error: {error}"] if error else [])
+    # pending, or a status this version does not know yet
+    waiting = [d for d in info.get("depends_on") or [] if steps.get(d, {}).get("status") != "succeeded"]
+    if waiting:
+        return [f"  ○ {sid} (waiting for: {', '.join(waiting)})"]
+    if isinstance(attempt, int) and attempt >= 1 and info.get("error"):
+        return [f"  ○ {sid} (retry after attempt {attempt}: {_first_line(info['error'])})"]
+    return [f"  ○ {sid}"]
+
+
+def render_status(state: Mapping[str, Any], *, now_iso: str | None = None, stale: bool = False) -> str:
+    """The SPEC §4 status view of a `state.json` dict. `stale`: the state says running but the
+    orchestrator's pid is gone (the caller checks the pid; this stays pure)."""
+    steps: Mapping[str, Mapping[str, Any]] = state.get("steps") or {}
+    status = str(state.get("status", "?"))
+    if stale:
+        status = (f"stale (orchestrator pid {state.get('pid', '?')} is gone; resume with: orchestrator "
+                  f"run --ws-id {state.get('workstream_id', '?')} --resume {state.get('run_id', '?')})")
+    lines = [f"Run ID: {state.get('run_id', '?')}",
+             f"Workstream: {state.get('workstream_id', '?')}",
+             f"Status: {status}",
+             f"Started: {_second(state.get('started_at'))}"]
+    if state.get("finished_at"):
+        lines.append(f"Finished: {_second(state.get('finished_at'))}")
+    lines.append("")
+
+    sections: dict[str, list[str]] = {name: [] for name in _SECTIONS}
+    for sid, info in steps.items():
+        section = _SECTION_OF.get(str(info.get("status")), "Pending")
+        sections[section] += _entry(sid, info, steps, now_iso)
+    for name in _SECTIONS:
+        if sections[name]:
+            lines += [f"{name}:", *sections[name]]
+    done = sum(1 for info in steps.values() if info.get("status") == "succeeded")
+    lines += ["---", progress_line(done, len(steps))]
+    return "\n".join(lines)          # no final newline: the CLI echoes it
+
+
+def render_plan(plan: Mapping[str, Any]) -> str:
+    """The `run --dry-run` plan: steps in start order with their wave, the waves, the critical path."""
+    steps = [s for s in plan.get("steps") or [] if isinstance(s, Mapping)]
+    waves = [list(w) for w in plan.get("waves") or []]
+    # Wave numbers are shown 1-based from the position in `waves`, so the table and the wave lines agree.
+    wave_of = {sid: n for n, wave in enumerate(waves, 1) for sid in wave}
+
+    def number(value: Any) -> float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+    order = sorted(enumerate(steps), key=lambda item: (number(item[1].get("start")),
+                                                       wave_of.get(item[1].get("id"), 0), item[0]))
+    rows = []
+    for _, s in order:
+        estimate = s.get("estimated_duration")
+        rows.append([s.get("id", "?"), wave_of.get(s.get("id"), s.get("wave", "-")),
+                     f"+{number(s.get('start')):.1f}s",
+                     "-" if estimate is None else human_duration(number(estimate)),
+                     s.get("priority", 0), human_duration(number(s.get("remaining_path"))),
+                     ", ".join(s.get("depends_on") or []) or "-"])
+    headers = ["step", "wave", "start", "estimate", "priority", "path left", "depends on"]
+    lines = [f"Plan for {plan.get('workstream_id', '?')}: {len(steps)} step{'s' if len(steps) != 1 else ''}"
+             f" in {len(waves)} wave{'s' if len(waves) != 1 else ''}, max_workers {plan.get('max_workers', '?')}",
+             "", tabulate(rows, headers, tablefmt="simple", disable_numparse=True), ""]
+    lines += [f"wave {n}: {', '.join(wave)}" for n, wave in enumerate(waves, 1)]
+    path = plan.get("critical_path") or []
+    lines += ["", f"Critical path: {' -> '.join(path) or '-'} ({human_duration(number(plan.get('critical_path_s')))})",
+              f"Estimated makespan: {human_duration(number(plan.get('estimated_makespan_s')))}"]
+    return "\n".join(lines)

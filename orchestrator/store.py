@@ -1,0 +1,245 @@
+"""The run directory: the one module that writes under `.worktrees/<ws-id>/`.
+
+Layout (SPEC §3)::
+
+    .worktrees/<ws-id>/orchestrator.log   appended, one event a line, flushed per line (tail -f)
+    .worktrees/<ws-id>/latest             symlink to runs/<run-id>, replaced atomically
+    .worktrees/<ws-id>/lock               flock()ed while a run is active; holds "pid run-id"
+    .worktrees/<ws-id>/runs/<run-id>/     state.json, steps/<id>.log, results_summary.json, ...
+
+Every file is replaced atomically (temp file, fsync, rename), so a poller never reads a torn file and a
+crash leaves the previous complete version. The lock is an `flock`, which the kernel drops when its
+holder dies, so a lock left by a killed run is taken over (with a warning naming the dead holder).
+Directories are 0700 and files 0600: logs may hold what a step printed.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import secrets as _secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import LockHeldError, RunNotFoundError
+from .procs import pid_alive
+
+RUN_ID_RE = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{8}$")
+
+
+def new_run_id(now: float | None = None) -> str:
+    stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"{stamp}_{_secrets.token_hex(4)}"
+
+
+def worktrees_root(project_root: Path, override: str | None = None) -> Path:
+    """`--worktrees-dir`, else $ORCHESTRATOR_WORKTREES_DIR, else `<project>/.worktrees`."""
+    chosen = override or os.environ.get("ORCHESTRATOR_WORKTREES_DIR")
+    return Path(chosen).resolve() if chosen else project_root / ".worktrees"
+
+
+def atomic_write(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
+    blob = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(blob)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _mkdir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+class RunStore:
+    """Owns `.worktrees/<ws-id>/` for one run: lock, log, state, step logs and result files."""
+
+    def __init__(self, root: Path, ws_id: str):
+        self.root = root
+        self.ws_id = ws_id
+        self.ws_dir = root / ws_id
+        self.run_id: str | None = None
+        self.run_dir: Path | None = None
+        self._lock_fd: int | None = None
+        self._log = None
+
+    # --- lock --------------------------------------------------------------------------------------
+    def acquire_lock(self, run_id: str) -> str | None:
+        """Take the workstream's lock; returns a warning when a dead holder's lock was taken over."""
+        _mkdir(self.ws_dir)
+        path = self.ws_dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _read_holder(path)
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                pid, rid = holder
+                raise LockHeldError(
+                    f"workstream {self.ws_id} is already running (pid {pid or '?'}, run {rid or '?'}); "
+                    f"wait for it, or stop it with: kill -INT {pid or '<pid>'}", path=str(path)) from None
+            raise
+        warning = None
+        pid, rid = _read_holder(path)
+        if pid and pid != os.getpid():
+            state = self.read_state(rid) if rid else None
+            if state and state.get("status") == "running" and not pid_alive(pid):
+                warning = (f"took over the lock of run {rid}: its orchestrator (pid {pid}) is gone; "
+                           f"resume it with --resume {rid}")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {run_id}\n".encode(), 0)
+        self._lock_fd = fd
+        return warning
+
+    def release_lock(self) -> None:
+        if self._lock_fd is not None:
+            try:
+                os.ftruncate(self._lock_fd, 0)
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # --- the run directory -------------------------------------------------------------------------
+    def open_run(self, run_id: str, *, new: bool) -> Path:
+        self.run_id = run_id
+        self.run_dir = self.ws_dir / "runs" / run_id
+        if not new and not self.run_dir.is_dir():
+            raise RunNotFoundError(f"no run {run_id} of workstream {self.ws_id}",
+                                   path=str(self.ws_dir / "runs"))
+        for d in (self.run_dir, self.run_dir / "steps", self.cancel_dir):
+            _mkdir(d)
+        for stale in self.cancel_dir.iterdir():  # a resumed run starts uncancelled
+            stale.unlink()
+        link = self.ws_dir / "latest"
+        tmp = self.ws_dir / f".latest.{os.getpid()}"
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        os.symlink(Path("runs") / run_id, tmp)
+        os.replace(tmp, link)
+        return self.run_dir
+
+    @property
+    def cancel_dir(self) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / ".cancel"
+
+    def step_log(self, step_id: str) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "steps" / f"{step_id}.log"
+
+    def step_output(self, step_id: str) -> Path:
+        assert self.run_dir is not None
+        return self.run_dir / "steps" / f"{step_id}.outputs"
+
+    def log_tail(self, step_id: str, lines: int = 20) -> str:
+        """The last lines of a step's log, read from the end (logs may be large)."""
+        path = self.step_log(step_id)
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - 16384))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def cancel(self, what: str) -> None:
+        """Raise a cancel flag that workers see: "all", "now" (skip the grace) or a step id."""
+        try:
+            (self.cancel_dir / what).touch(mode=0o600)
+        except OSError:
+            pass
+
+    # --- writing -----------------------------------------------------------------------------------
+    def log(self, line: str) -> None:
+        """Append one event line to orchestrator.log (flushed at once, for tail -f)."""
+        if self._log is None:
+            _mkdir(self.ws_dir)
+            fd = os.open(self.ws_dir / "orchestrator.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._log = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+        ms = int((time.time() % 1) * 1000)
+        self._log.write(f"{stamp}.{ms:03d}Z {line}\n")
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.release_lock()
+
+    def write_json(self, name: str, obj: Any, *, fsync: bool = True) -> Path:
+        assert self.run_dir is not None
+        path = self.run_dir / name
+        atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n", fsync=fsync)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        assert self.run_dir is not None
+        path = self.run_dir / name
+        atomic_write(path, text)
+        return path
+
+    # --- reading (also used by `status`, which never writes) ----------------------------------------
+    def read_state(self, run_id: str | None = None) -> dict | None:
+        return read_json(self.ws_dir / "runs" / (run_id or self.run_id or "") / "state.json")
+
+    def latest_run_id(self) -> str | None:
+        return latest_run_id(self.ws_dir)
+
+
+def _read_holder(path: Path) -> tuple[int | None, str | None]:
+    try:
+        parts = path.read_text().split()
+    except OSError:
+        return None, None
+    pid = int(parts[0]) if parts and parts[0].isdigit() else None
+    rid = parts[1] if len(parts) > 1 else None
+    return pid, rid
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def latest_run_id(ws_dir: Path) -> str | None:
+    link = ws_dir / "latest"
+    try:
+        target = os.readlink(link)
+        rid = Path(target).name
+        if (ws_dir / "runs" / rid).is_dir():
+            return rid
+    except OSError:
+        pass
+    runs = sorted(p.name for p in (ws_dir / "runs").glob("*") if RUN_ID_RE.match(p.name)) \
+        if (ws_dir / "runs").is_dir() else []
+    return runs[-1] if runs else None
+
+
+def list_workstreams(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "runs").is_dir())
+
+
+def remove_run(ws_dir: Path, run_id: str) -> None:
+    shutil.rmtree(ws_dir / "runs" / run_id, ignore_errors=True)

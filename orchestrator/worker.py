@@ -1,0 +1,488 @@
+"""Runs one attempt of one step inside a pool process; owns the step's process tree; never raises.
+
+Data flow::
+
+    dispatcher --StepSpec--> run_step() in a pool worker
+        for each task / acceptance test: a child in its own session, stdout+stderr -> one pipe
+        select() on [pipe, pidfd] until the child exits, the deadline passes or the run is cancelled
+        pipe bytes -> LogSink -> steps/<id>.log   (as produced; secrets masked; head+tail capped)
+    run_step() --StepResult--> dispatcher
+
+Waiting uses a pidfd and the pipe in one `select`, so a step that ends is noticed at once (no polling
+sleeps); the deadline is the select timeout, so a timeout fires on time. The select also wakes every
+`CANCEL_CHECK` seconds to look for the run's cancel flag (a file for local runs; an injected probe on
+Dask). Ending a child for any reason ends its whole tree (`procs.kill_tree`), and since the pool worker
+is a child subreaper, descendants that escaped with `setsid` or a double fork are found too.
+`python` tasks run in a forked child as well, so a callable that never returns is killed like any
+command and cannot wedge the pool worker.
+"""
+from __future__ import annotations
+
+import collections
+import inspect
+import importlib
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from . import procs
+from .model import StepResult, StepSpec, StepStatus, Task, TestResult
+
+CANCEL_CHECK = 0.1
+RSS_SAMPLE_EVERY = 0.5
+_progress_fd: int | None = None
+_cancel_probe: Callable[[StepSpec], str | None] | None = None   # returns None | "grace" | "now"
+_initial_ppid: int | None = None
+
+
+# --- pool worker set-up ---------------------------------------------------------------------------
+
+def init_worker(progress_fd: int | None = None, probe: Callable | None = None) -> None:
+    """Pool initializer: become a subreaper, die with the orchestrator, ignore the terminal's Ctrl-C.
+
+    Ctrl-C goes to the whole foreground process group; the dispatcher alone decides what it means,
+    and tells workers through the cancel flag.
+    """
+    global _progress_fd, _cancel_probe, _initial_ppid
+    _progress_fd = progress_fd
+    _cancel_probe = probe
+    _initial_ppid = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    procs.become_subreaper()
+    procs.die_with_parent(signal.SIGTERM)
+    if os.getppid() != _initial_ppid:  # the parent died before prctl took effect
+        _on_sigterm(signal.SIGTERM, None)
+
+
+def _on_sigterm(signum, frame) -> None:  # pragma: no cover - exercised through real signals
+    """The orchestrator died or the pool is being torn down: take the running step's tree along."""
+    try:
+        procs.kill_tree(os.getpid(), grace=0.5)
+    finally:
+        os._exit(128 + signum)
+
+
+def _emit(*event: Any) -> None:
+    if _progress_fd is None:
+        return
+    try:
+        os.write(_progress_fd, (json.dumps(event) + "\n").encode())  # < PIPE_BUF: atomic
+    except OSError:
+        pass
+
+
+def file_probe(spec: StepSpec) -> str | None:
+    """The local cancel flag: `<cancel_dir>/now`, `<cancel_dir>/all` or `<cancel_dir>/<step-id>`."""
+    d = spec.cancel_dir
+    if not d:
+        return None
+    if os.path.exists(os.path.join(d, "now")):
+        return "now"
+    if os.path.exists(os.path.join(d, "all")) or os.path.exists(os.path.join(d, spec.step_id)):
+        return "grace"
+    return None
+
+
+# --- the log --------------------------------------------------------------------------------------
+
+class LogSink:
+    """Writes a step's output to its log as it comes: secrets masked, size capped (head and tail)."""
+
+    def __init__(self, path: str, max_bytes: int, secrets: tuple[str, ...], append: bool):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self.fd = os.open(path, flags, 0o600)
+        self.head_limit = max(0, max_bytes // 2)
+        self.tail_limit = max(0, max_bytes - self.head_limit)
+        self.written = 0
+        self.total = 0
+        self.cut = 0
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_size = 0
+        self.secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
+        self.hold = max((len(s) for s in self.secrets), default=1) - 1
+        self.pending = b""
+        self.recent = bytearray()  # the last few KB, for error messages and test results
+
+    def _mask(self, data: bytes) -> bytes:
+        for s in self.secrets:
+            data = data.replace(s, b"***")
+        return data
+
+    def write(self, data: bytes, final: bool = False) -> None:
+        if self.secrets:
+            data = self.pending + data
+            # keep back what could be the start of a secret cut by the chunk boundary
+            keep = 0 if final else min(self.hold, len(data))
+            head, self.pending = data[:len(data) - keep], data[len(data) - keep:]
+            data = self._mask(head)
+            if final and self.pending:
+                data += self._mask(self.pending)
+                self.pending = b""
+        if not data:
+            return
+        self.total += len(data)
+        self.recent += data
+        if len(self.recent) > 8192:
+            del self.recent[:-4096]
+        room = self.head_limit - self.written
+        if room > 0:
+            part = data[:room]
+            os.write(self.fd, part)
+            self.written += len(part)
+            data = data[room:]
+        if data:
+            self.tail.append(data)
+            self.tail_size += len(data)
+            while self.tail and self.tail_size - len(self.tail[0]) >= self.tail_limit:
+                self.cut += len(self.tail[0])
+                self.tail_size -= len(self.tail[0])
+                self.tail.popleft()
+
+    def note(self, text: str) -> None:
+        self.write(text.encode() + b"\n")
+
+    def recent_text(self, lines: int = 20) -> str:
+        return "\n".join(bytes(self.recent).decode(errors="replace").splitlines()[-lines:])
+
+    def close(self) -> None:
+        self.write(b"", final=True)
+        if self.tail:
+            blob = b"".join(self.tail)
+            extra = self.tail_size - self.tail_limit
+            if extra > 0:
+                blob = blob[extra:]
+                self.cut += extra
+            if self.cut:
+                os.write(self.fd, f"\n[... {self.cut} bytes cut: the log keeps the first "
+                                   f"{self.head_limit} and the last {len(blob)} bytes "
+                                   f"(max_log_bytes) ...]\n".encode())
+            os.write(self.fd, blob)
+        os.close(self.fd)
+
+
+# --- running one child ----------------------------------------------------------------------------
+
+class _Ran:
+    __slots__ = ("rc", "outcome", "maxrss", "cpu")
+
+    def __init__(self, rc: int | None, outcome: str, maxrss: int = 0, cpu: float = 0.0):
+        self.rc, self.outcome, self.maxrss, self.cpu = rc, outcome, maxrss, cpu
+
+
+def _spawn_python(task: Task, spec: StepSpec, env: dict[str, str], wfd: int, result_path: str) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    # the child: never returns
+    code = 1
+    try:
+        os.setsid()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.dup2(wfd, 1)
+        os.dup2(wfd, 2)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.chdir(spec.cwd)
+        os.environ.update(env)
+        sys.stdout = open(1, "w", buffering=1, closefd=False)
+        sys.stderr = open(2, "w", buffering=1, closefd=False)
+        if spec.project_root not in sys.path:
+            sys.path.insert(0, spec.project_root)
+        mod_name, _, fn_name = (task.callable or "").partition(":")
+        fn = getattr(importlib.import_module(mod_name), fn_name)
+        kwargs = dict(task.kwargs)
+        try:
+            params = inspect.signature(fn).parameters
+            takes_inputs = "inputs" in params or any(
+                p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):
+            takes_inputs = False
+        if takes_inputs:
+            kwargs["inputs"] = dict(task.inputs)
+        value = fn(*task.args, **kwargs)
+        try:
+            blob = json.dumps({"ok": True, "value": value})
+        except (TypeError, ValueError) as e:
+            blob = json.dumps({"ok": False, "error": f"return value is not JSON-serialisable: {e}"})
+        with open(result_path, "w") as f:
+            f.write(blob)
+        code = 0
+    except BaseException as e:  # the step's own failure: report it, never let it escape the fork
+        try:
+            traceback.print_exc()
+            with open(result_path, "w") as f:
+                json.dump({"ok": False, "error": f"{type(e).__name__}: {e}"}, f)
+        except BaseException:
+            pass
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _run_child(task: Task, spec: StepSpec, env: dict[str, str], deadline: float, sink: LogSink,
+               cancel_state: list, result_path: str | None = None) -> _Ran:
+    rfd, wfd = os.pipe()
+    try:
+        if task.callable:
+            pid = _spawn_python(task, spec, env, wfd, result_path or os.devnull)
+        else:
+            full_env = os.environ.copy()
+            full_env.update(env)
+            try:
+                proc = subprocess.Popen(task.argv, stdin=subprocess.DEVNULL, stdout=wfd, stderr=wfd,
+                                        cwd=spec.cwd, env=full_env, start_new_session=True,
+                                        close_fds=True)
+            except OSError as e:
+                sink.note(f"[orchestrator] cannot start {task.argv[0]!r}: {e.strerror or e}")
+                return _Ran(127, "spawn_error")
+            pid = proc.pid
+            proc.returncode = 0  # we reap it ourselves with wait4; keep Popen from trying later
+    finally:
+        os.close(wfd)
+    return _supervise(pid, rfd, spec, deadline, sink, cancel_state)
+
+
+def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSink,
+               cancel_state: list) -> _Ran:
+    pidfd = os.pidfd_open(pid)
+    sel = selectors.DefaultSelector()
+    sel.register(rfd, selectors.EVENT_READ, "out")
+    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    exited = eof = False
+    outcome = "exited"
+    peak = 0
+    next_sample = time.monotonic() + RSS_SAMPLE_EVERY / 10
+    try:
+        while not (exited and eof):
+            now = time.monotonic()
+            if now >= next_sample and not exited:
+                # fork/vfork children inherit the worker's RSS high-water mark in ru_maxrss, so the
+                # step's own memory is sampled from /proc on the wakeups we have anyway
+                peak = max(peak, procs.tree_rss(os.getpid()))
+                next_sample = now + RSS_SAMPLE_EVERY
+            if now >= deadline:
+                outcome = "timeout"
+                break
+            mode = (_cancel_probe or file_probe)(spec)
+            if mode:
+                cancel_state[0] = mode
+                outcome = "cancelled"
+                break
+            for key, _ in sel.select(min(deadline - now, CANCEL_CHECK)):
+                if key.data == "out":
+                    data = os.read(rfd, 65536)
+                    if data:
+                        sink.write(data)
+                    else:
+                        eof = True
+                        sel.unregister(rfd)
+                else:
+                    exited = True
+                    sel.unregister(pidfd)
+            if exited and not eof:
+                # the leader is gone but something it started still holds the pipe: the step is over,
+                # so its leftovers go (nothing outlives its step); then read what they wrote
+                procs.kill_tree(os.getpid(), pgids=[pid], grace=min(spec.grace, 1.0), reap=False)
+                _drain(rfd, sink)
+                eof = True
+        if outcome != "exited":
+            grace = 0.0 if cancel_state[0] == "now" else spec.grace
+            procs.kill_tree(os.getpid(), pgids=[pid], grace=grace, reap=False)
+            _drain(rfd, sink)
+        _, status, ru = os.wait4(pid, 0)
+        rc = os.waitstatus_to_exitcode(status)
+        if procs.has_children():  # leftovers that left the process group: end them too
+            procs.kill_tree(os.getpid(), grace=min(spec.grace, 1.0))
+        maxrss = ru.ru_maxrss * 1024
+        if maxrss > _own_hwm() * 1.1:  # above what the fork inherited: the step's own peak
+            peak = max(peak, maxrss)
+        return _Ran(rc, outcome, peak, ru.ru_utime + ru.ru_stime)
+    finally:
+        sel.close()
+        os.close(pidfd)
+        os.close(rfd)
+
+
+def _own_hwm() -> int:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _drain(rfd: int, sink: LogSink) -> None:
+    os.set_blocking(rfd, False)
+    try:
+        while True:
+            data = os.read(rfd, 65536)
+            if not data:
+                return
+            sink.write(data)
+    except (BlockingIOError, OSError):
+        return
+
+
+# --- one attempt ----------------------------------------------------------------------------------
+
+def _read_outputs(path: str) -> dict[str, str]:
+    """`key=value` lines, and GitHub's `key<<DELIM` ... `DELIM` blocks for multi-line values."""
+    out: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            key, delim = line.split("<<", 1)
+            body = []
+            i += 1
+            while i < len(lines) and lines[i] != delim:
+                body.append(lines[i])
+                i += 1
+            out[key.strip()] = "\n".join(body)
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            out[key.strip()] = value
+        i += 1
+    return out
+
+
+def _describe(ran: _Ran) -> str:
+    if ran.rc is not None and ran.rc < 0:
+        try:
+            return f"killed by signal {-ran.rc} ({signal.Signals(-ran.rc).name})"
+        except ValueError:
+            return f"killed by signal {-ran.rc}"
+    return f"exit code {ran.rc}"
+
+
+def run_step(spec: StepSpec) -> StepResult:
+    """Run one attempt of a step. Never raises: every outcome, even our own bug, is a StepResult."""
+    started = time.time()
+    try:
+        return _run_step(spec, started)
+    except BaseException as e:  # noqa: BLE001 - a worker must never raise
+        return StepResult(spec.step_id, spec.attempt, StepStatus.FAILED,
+                          error=f"internal error in the worker: {type(e).__name__}: {e}",
+                          started_at=started, finished_at=time.time(), worker=f"local:{os.getpid()}")
+
+
+def _run_step(spec: StepSpec, started: float) -> StepResult:
+    _emit("start", spec.step_id, spec.attempt, os.getpid())
+    deadline = time.monotonic() + spec.timeout
+    sink = LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    sink.note(f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===")
+    env = dict(spec.env)
+    env["ORCHESTRATOR_OUTPUT"] = spec.output_path
+    open(spec.output_path, "w").close()
+    result_path = spec.output_path + ".return.json"
+    status, error, exit_code, value = StepStatus.SUCCEEDED, None, 0, None
+    rss, cpu = 0, 0.0
+    cancel_state: list = [None]
+    tests: list[TestResult] = []
+    n = len(spec.tasks)
+    try:
+        for i, task in enumerate(spec.tasks, 1):
+            if n > 1:
+                _emit("task", spec.step_id, i, n)
+            sink.note(f"--- task {i}/{n}: {task.label}")
+            ran = _run_child(task, spec, env, deadline, sink, cancel_state, result_path)
+            rss, cpu = max(rss, ran.maxrss), cpu + ran.cpu
+            exit_code = ran.rc
+            where = f"in task {i}: `{task.label}`"
+            if ran.outcome == "timeout":
+                status, error = StepStatus.TIMED_OUT, f"timed out ({spec.timeout_reason}) {where}"
+                break
+            if ran.outcome == "cancelled":
+                status, error = StepStatus.CANCELLED, f"cancelled {where}"
+                break
+            if ran.rc != 0:
+                status, error = StepStatus.FAILED, f"{_describe(ran)} {where}"
+                if task.callable:
+                    reason = _python_error(result_path)
+                    if reason:
+                        error = f"{error}: {reason}"
+                break
+            if task.callable:
+                res = _load_json(result_path)
+                if not res.get("ok"):
+                    status, error = StepStatus.FAILED, f"{res.get('error', 'no result')} {where}"
+                    break
+                value = res.get("value")
+        if status is StepStatus.SUCCEEDED:
+            status, error, tests = _acceptance(spec, env, deadline, sink, cancel_state)
+    finally:
+        sink.note(f"=== {spec.step_id} attempt {spec.attempt} {status.value} ===")
+        sink.close()
+        for p in (result_path,):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+    outputs: dict[str, Any] = dict(_read_outputs(spec.output_path))
+    if isinstance(value, dict):
+        outputs.update(value)
+    elif value is not None:
+        outputs.setdefault("value", value)
+    return StepResult(spec.step_id, spec.attempt, status, exit_code=exit_code, error=error,
+                      started_at=started, finished_at=time.time(), outputs=outputs, return_value=value,
+                      acceptance_tests=tuple(tests), peak_rss_bytes=rss or None, cpu_time_s=round(cpu, 4),
+                      worker=f"local:{os.getpid()}", log_bytes=sink.total)
+
+
+def _acceptance(spec: StepSpec, env: dict[str, str], deadline: float, sink: LogSink,
+                cancel_state: list) -> tuple[StepStatus, str | None, list[TestResult]]:
+    status, error = StepStatus.SUCCEEDED, None
+    tests: list[TestResult] = []
+    n = len(spec.acceptance_tests)
+    for i, test in enumerate(spec.acceptance_tests, 1):
+        if status in (StepStatus.TIMED_OUT, StepStatus.CANCELLED):
+            tests.append(TestResult(test.label, "not_run", None, 0.0))
+            continue
+        sink.note(f"--- acceptance test {i}/{n}: {test.label}")
+        mark = len(sink.recent)
+        t0 = time.monotonic()
+        ran = _run_child(test, spec, env, deadline, sink, cancel_state)
+        took = time.monotonic() - t0
+        tail = bytes(sink.recent[mark:] if mark <= len(sink.recent) else sink.recent)
+        tail_text = "\n".join(tail.decode(errors="replace").splitlines()[-20:])
+        if ran.outcome == "timeout":
+            tests.append(TestResult(test.label, "timed_out", ran.rc, took, tail_text))
+            status, error = StepStatus.TIMED_OUT, (
+                f"timed out ({spec.timeout_reason}) in acceptance test {i}: `{test.label}`")
+        elif ran.outcome == "cancelled":
+            tests.append(TestResult(test.label, "cancelled", ran.rc, took, tail_text))
+            status, error = StepStatus.CANCELLED, f"cancelled in acceptance test {i}: `{test.label}`"
+        elif ran.rc != 0:
+            tests.append(TestResult(test.label, "failed", ran.rc, took, tail_text))
+            if status is StepStatus.SUCCEEDED:
+                status, error = StepStatus.FAILED, (
+                    f"acceptance test {i} failed ({_describe(ran)}): `{test.label}`")
+        else:
+            tests.append(TestResult(test.label, "passed", 0, took, tail_text))
+    return status, error, tests
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _python_error(path: str) -> str | None:
+    return _load_json(path).get("error")
