@@ -412,7 +412,11 @@ class Dispatcher:
                 continue
             if kind == "start":
                 self.worker_pid[sid] = ev[3]
-                self.records[sid].worker = f"local:{ev[3]}"
+                rec = self.records[sid]
+                rec.worker = f"local:{ev[3]}"
+                if rec.started_at is None and len(ev) > 4:
+                    rec.started_at = ev[4]
+                self._dirty = True
             elif kind == "task":
                 self.records[sid].task_index, self.records[sid].task_count = ev[2], ev[3]
                 self.reporter.step_progress(sid, ev[2], ev[3])

@@ -35,14 +35,82 @@ __all__ = ["Conflict", "critical_path", "dependents", "find_cycle", "glob_overla
 
 # --- order and paths -------------------------------------------------------------------------------
 
-def _positions(deps: Mapping[str, Sequence[str]], order: Sequence[str]) -> dict[str, int]:
-    """File position of every node; nodes missing from `order` come after, in `deps` order."""
-    pos: dict[str, int] = {}
-    for node in order:
-        pos.setdefault(node, len(pos))
-    for node in deps:
-        pos.setdefault(node, len(pos))
-    return pos
+class _Graph:
+    """`deps` over integer node numbers (file order), with both edge directions in flat arrays.
+
+    Flat lists of ints (CSR form) instead of a list per node: far fewer objects for the garbage
+    collector to trace, which matters at 100 000 nodes.
+    """
+
+    __slots__ = ("names", "pos", "dep_at", "deps", "user_at", "users")
+
+    def __init__(self, deps: Mapping[str, Sequence[str]], order: Sequence[str]) -> None:
+        pos: dict[str, int] = {}
+        for node in order:
+            pos.setdefault(node, len(pos))
+        for node in deps:
+            pos.setdefault(node, len(pos))
+        n = len(pos)
+        self.names = sorted(pos, key=pos.__getitem__)
+        self.pos = pos
+        dep_count = [0] * (n + 1)
+        user_count = [0] * (n + 1)
+        edges: list[int] = []                 # flattened (node, dependency) pairs
+        for node, ds in deps.items():
+            i = pos[node]
+            for d in ds:
+                j = pos.get(d)
+                if j is not None:
+                    edges.append(i)
+                    edges.append(j)
+                    dep_count[i + 1] += 1
+                    user_count[j + 1] += 1
+        for i in range(n):
+            dep_count[i + 1] += dep_count[i]
+            user_count[i + 1] += user_count[i]
+        self.dep_at, self.user_at = dep_count, user_count
+        self.deps = [0] * len(edges[::2])
+        self.users = [0] * len(self.deps)
+        dep_fill, user_fill = dep_count[:-1], user_count[:-1]
+        for e in range(0, len(edges), 2):
+            i, j = edges[e], edges[e + 1]
+            self.deps[dep_fill[i]] = j
+            dep_fill[i] += 1
+            self.users[user_fill[j]] = i
+            user_fill[j] += 1
+
+    def topo(self) -> list[int]:
+        """Kahn's algorithm with a heap keyed by file position; ValueError on a cycle."""
+        n = len(self.names)
+        indeg = [self.dep_at[i + 1] - self.dep_at[i] for i in range(n)]
+        heap = [i for i in range(n) if indeg[i] == 0]     # ascending, so already a heap
+        out: list[int] = []
+        users, user_at = self.users, self.user_at
+        while heap:
+            i = heapq.heappop(heap)
+            out.append(i)
+            for u in users[user_at[i]:user_at[i + 1]]:
+                indeg[u] -= 1
+                if indeg[u] == 0:
+                    heapq.heappush(heap, u)
+        if len(out) != n:
+            cycle = find_cycle({self.names[i]: [self.names[d] for d in
+                                                self.deps[self.dep_at[i]:self.dep_at[i + 1]]]
+                                for i in range(n)})
+            raise ValueError("dependency cycle: " + " -> ".join(cycle or ["?"]))
+        return out
+
+    def remaining(self, durations: Mapping[str, float | None], default: float) -> list[float]:
+        rp = [0.0] * len(self.names)
+        users, user_at = self.users, self.user_at
+        for i in reversed(self.topo()):        # every dependent is final before its dependencies
+            d = durations.get(self.names[i])
+            best = 0.0
+            for u in users[user_at[i]:user_at[i + 1]]:
+                if rp[u] > best:
+                    best = rp[u]
+            rp[i] = (default if d is None else float(d)) + best
+        return rp
 
 
 def dependents(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
@@ -91,59 +159,34 @@ def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
 
 def topological_order(deps: Mapping[str, Sequence[str]], order: Sequence[str] = ()) -> list[str]:
     """Dependencies first; among steps ready at the same time, file order. ValueError on a cycle."""
-    pos = _positions(deps, order)
-    names = sorted(pos, key=pos.__getitem__)
-    users: list[list[int]] = [[] for _ in names]
-    indeg = [0] * len(names)
-    for node, ds in deps.items():
-        i = pos[node]
-        for d in ds:
-            j = pos.get(d)
-            if j is not None:
-                indeg[i] += 1
-                users[j].append(i)
-    heap = [i for i, n in enumerate(indeg) if n == 0]   # already sorted, so already a heap
-    out: list[str] = []
-    while heap:
-        i = heapq.heappop(heap)
-        out.append(names[i])
-        for u in users[i]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(heap, u)
-    if len(out) != len(names):
-        cycle = find_cycle(deps)
-        raise ValueError("dependency cycle: " + " -> ".join(cycle or ["?"]))
-    return out
+    g = _Graph(deps, order)
+    return [g.names[i] for i in g.topo()]
 
 
 def remaining_path(deps: Mapping[str, Sequence[str]], order: Sequence[str],
                    durations: Mapping[str, float | None], default: float = 1.0) -> dict[str, float]:
-    """For every step, the longest chain of durations from it (itself included) to the graph's end."""
-    topo = topological_order(deps, order)
-    users = dependents({n: deps.get(n, ()) for n in topo})
-    out: dict[str, float] = {}
-    for node in reversed(topo):            # every dependent is final before its dependencies
-        d = durations.get(node)
-        own = default if d is None else float(d)
-        out[node] = own + max((out[u] for u in users[node]), default=0.0)
-    return out
+    """For every step, the longest chain of durations from it (itself included) to the graph's end,
+    through its dependents: how much work at least still follows once it starts."""
+    g = _Graph(deps, order)
+    return dict(zip(g.names, g.remaining(durations, default)))
 
 
 def critical_path(deps: Mapping[str, Sequence[str]], order: Sequence[str],
                   durations: Mapping[str, float | None], default: float = 1.0
                   ) -> tuple[list[str], float]:
-    """The longest chain of dependent steps by total duration, and that total."""
-    rp = remaining_path(deps, order, durations, default)
-    if not rp:
+    """The longest chain of dependent steps by total duration, and that total (ties: file order)."""
+    g = _Graph(deps, order)
+    if not g.names:
         return [], 0.0
-    pos = _positions(deps, order)
-    users = dependents({n: deps.get(n, ()) for n in rp})
-    best = max(rp, key=lambda n: (rp[n], -pos[n]))
+    rp = g.remaining(durations, default)
+    best = max(range(len(rp)), key=lambda i: (rp[i], -i))
     path = [best]
-    while users[path[-1]]:
-        path.append(max(users[path[-1]], key=lambda n: (rp[n], -pos[n])))
-    return path, rp[best]
+    while True:
+        users = g.users[g.user_at[path[-1]]:g.user_at[path[-1] + 1]]
+        if not users:
+            break
+        path.append(max(users, key=lambda i: (rp[i], -i)))
+    return [g.names[i] for i in path], rp[best]
 
 
 # --- globs -----------------------------------------------------------------------------------------
@@ -461,98 +504,118 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
     """Pairs of steps that may run at the same time (neither reaches the other through depends_on,
     no sequential group holds both) and write overlapping files, or one writes what the other reads.
 
-    At most one conflict per pair of steps (write/write before write/read), in file order.
+    At most one conflict per pair of steps (write/write before write/read), in file order. Never
+    compares all pairs of steps: see the module docstring.
     """
     if not ws.execution.parallel:
         return []
-    # Entries: one per (step, pattern); kind "w" or "r". Reads that are also writes count as writes.
+    # Entries: one per (step, pattern), kind "w" or "r"; a pattern both read and written is a write.
     e_step: list[int] = []
     e_kind: list[str] = []
     e_pat: list[str] = []
     for idx, step in enumerate(ws.steps):
+        if not step.files_scope.writes and not step.files_scope.reads:
+            continue
         writes = set(step.files_scope.writes)
         for kind, pats in (("w", step.files_scope.writes), ("r", step.files_scope.reads)):
             for pat in dict.fromkeys(pats):
-                if kind == "r" and pat in writes:
-                    continue
-                e_step.append(idx)
-                e_kind.append(kind)
-                e_pat.append(pat)
+                if kind == "w" or pat not in writes:
+                    e_step.append(idx)
+                    e_kind.append(kind)
+                    e_pat.append(pat)
     if not e_step:
         return []
+    # Patterns are compared once per distinct (normalised) text, whatever the number of steps.
+    uniq: dict[str, int] = {}
+    u_entries: list[list[int]] = []
+    for e, pat in enumerate(e_pat):
+        u = uniq.setdefault(normalize_glob(pat), len(uniq))
+        if u == len(u_entries):
+            u_entries.append([])
+        u_entries[u].append(e)
+    u_pat = list(uniq)
+    u_writes = [any(e_kind[e] == "w" for e in es) for es in u_entries]
 
     candidates: dict[tuple[int, int], tuple[int, int]] = {}   # step pair -> entries (a, b)
 
-    def consider(a: int, b: int) -> None:
-        sa, sb = e_step[a], e_step[b]
-        if sa == sb or (e_kind[a] == "r" and e_kind[b] == "r"):
+    def cross(u: int, v: int) -> None:
+        if not (u_writes[u] or u_writes[v]):
             return
-        key = (sa, sb) if sa < sb else (sb, sa)
-        old = candidates.get(key)
-        if old is None or (e_kind[a] == e_kind[b] == "w" and not e_kind[old[0]] == e_kind[old[1]]):
-            candidates[key] = (a, b)
+        for a in u_entries[u]:
+            for b in u_entries[v]:
+                sa, sb = e_step[a], e_step[b]
+                if sa == sb or (e_kind[a] == "r" and e_kind[b] == "r"):
+                    continue
+                key = (sa, sb) if sa < sb else (sb, sa)
+                old = candidates.get(key)
+                # Keep one pair of entries per pair of steps, preferring write/write.
+                if old is None or (e_kind[a] == e_kind[b] and e_kind[old[0]] != e_kind[old[1]]):
+                    candidates[key] = (a, b)
 
-    topo_pos = _topo_positions(ws)
-    literal_trie = _Trie()
-    glob_trie = _Trie()
+    literal_trie, glob_trie = _Trie(), _Trie()
     globs: list[int] = []
-    for e, pat in enumerate(e_pat):
+    for u, pat in enumerate(u_pat):
         if _literal(pat):
-            literal_trie.node(_segments(pat)[:-1]).entries.append(e)
+            literal_trie.node(_segments(pat)[:-1]).entries.append(u)
         else:
-            globs.append(e)
-            glob_trie.node(_literal_prefix(pat)).entries.append(e)
+            globs.append(u)
+            glob_trie.node(_literal_prefix(pat)).entries.append(u)
+
+    g = _Graph({s.id: s.depends_on for s in ws.steps}, [s.id for s in ws.steps])
+    topo = g.topo()
+    topo_pos = [0] * len(topo)
+    for p, n in enumerate(topo):
+        topo_pos[n] = p
+    # Node numbers of `g` are step indexes: ids are unique and `order` is the file order.
 
     # Literal vs literal: the same path (a clique), or one path below the other.
-    cliques: list[list[int]] = []
+    cliques: list[list[int]] = [u_entries[u] for u in range(len(u_pat))
+                                if u not in globs or glob_overlap(u_pat[u], u_pat[u]) is not None]
     stack: list[tuple[_Trie, list[int]]] = [(literal_trie, [])]
     while stack:
         node, above = stack.pop()
         if node.entries:
-            cliques.append(node.entries)
             for a in above:
                 for b in node.entries:
-                    consider(a, b)
+                    cross(a, b)
             above = above + node.entries
         for child in node.children.values():
             stack.append((child, above))
-    _cliques(cliques, e_step, e_kind, topo_pos, ws, consider)
 
     # Glob vs literal: walk the trie with the glob's automaton; a dead state prunes the subtree.
-    for g in globs:
-        nfa = _GlobNFA(e_pat[g])
+    for u in globs:
+        nfa = _GlobNFA(u_pat[u])
         walk: list[tuple[_Trie, frozenset[int]]] = [(literal_trie, nfa.closure([0]))]
         while walk:
             node, states = walk.pop()
-            for b in node.entries:
-                consider(g, b)
+            for v in node.entries:
+                cross(u, v)
             for name, child in node.children.items():
                 nxt = nfa.step(states, name)
                 if nxt:
                     walk.append((child, nxt))
 
     # Glob vs glob: only globs whose literal prefixes lie on one path of the prefix trie can meet.
-    for g in globs:
+    for u in globs:
         node = glob_trie
-        prefix = _literal_prefix(e_pat[g])
+        prefix = _literal_prefix(u_pat[u])
         for depth in range(len(prefix) + 1):
-            for other in node.entries:
-                if depth == len(prefix) and other >= g:
+            for v in node.entries:
+                if depth == len(prefix) and v >= u:
                     break                      # same prefix: each pair once
-                if glob_overlap(e_pat[g], e_pat[other]) is not None:
-                    consider(g, other)
+                if (u_writes[u] or u_writes[v]) and glob_overlap(u_pat[u], u_pat[v]) is not None:
+                    cross(u, v)
             if depth < len(prefix):
                 node = node.children[prefix[depth]]
 
+    _cliques(cliques, e_step, e_kind, g, topo, topo_pos, candidates)
     if not candidates:
         return []
-    ordered = _ordered_pairs(ws, set(candidates), topo_pos)
+    ordered = _ordered_pairs(g, topo, topo_pos, set(candidates))
     exclusive = _exclusive_groups(ws)
     out: list[Conflict] = []
     for (sa, sb), (a, b) in sorted(candidates.items()):
-        if (sa, sb) in ordered:
-            continue
-        if exclusive.get(sa) and exclusive[sa] & exclusive.get(sb, set()):
+        if (sa, sb) in ordered or (exclusive.get(sa, _NONE) & exclusive.get(sb, _NONE)):
             continue
         if e_kind[a] == "r":                   # the writer first
             a, b = b, a
@@ -564,27 +627,22 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
     return out
 
 
-def _topo_positions(ws: Workstream) -> list[int]:
-    """Position of every step (by index) in a topological order; ValueError on a cycle."""
-    deps = {s.id: s.depends_on for s in ws.steps}
-    index = {s.id: i for i, s in enumerate(ws.steps)}
-    pos = [0] * len(ws.steps)
-    for p, name in enumerate(topological_order(deps, [s.id for s in ws.steps])):
-        pos[index[name]] = p
-    return pos
+_NONE: frozenset[str] = frozenset()
 
 
-def _cliques(cliques: list[list[int]], e_step: list[int], e_kind: list[str], topo_pos: list[int],
-             ws: Workstream, consider: Any) -> None:
-    """Entries naming one path all overlap each other. When the steps of such a clique form a chain
-    of dependencies (a pipeline that rewrites one file), no pair of them can conflict, so the
+def _cliques(cliques: list[list[int]], e_step: list[int], e_kind: list[str], g: _Graph,
+             topo: list[int], topo_pos: list[int],
+             candidates: dict[tuple[int, int], tuple[int, int]]) -> None:
+    """Entries naming one pattern all overlap each other. When the steps of such a clique form a
+    chain of dependencies (a pipeline that rewrites one file), no pair of them can conflict, so the
     quadratic enumeration is skipped; one reachability pass checks every clique's chain at once."""
     chains: dict[int, list[tuple[int, int]]] = {}
     for c, entries in enumerate(cliques):
         steps = sorted({e_step[e] for e in entries}, key=topo_pos.__getitem__)
         if len(steps) > 2 and sum(e_kind[e] == "w" for e in entries) > 1:
             chains[c] = [(min(a, b), max(a, b)) for a, b in zip(steps, steps[1:])]
-    ordered = _ordered_pairs(ws, {p for ps in chains.values() for p in ps}, topo_pos) if chains else set()
+    links = {p for ps in chains.values() for p in ps}
+    ordered = _ordered_pairs(g, topo, topo_pos, links) if links else set()
     for c, entries in enumerate(cliques):
         if c in chains and all(p in ordered for p in chains[c]):
             continue                            # a chain: every pair is ordered by transitivity
@@ -592,52 +650,51 @@ def _cliques(cliques: list[list[int]], e_step: list[int], e_kind: list[str], top
             if e_kind[a] != "w":
                 continue
             for b in entries:
-                if b != a and (e_kind[b] == "r" or a < b):
-                    consider(a, b)
+                sa, sb = e_step[a], e_step[b]
+                if sa != sb and (e_kind[b] == "r" or a < b):
+                    key = (sa, sb) if sa < sb else (sb, sa)
+                    old = candidates.get(key)
+                    if old is None or (e_kind[b] == "w" and e_kind[old[0]] != e_kind[old[1]]):
+                        candidates[key] = (a, b)
 
 
-def _ordered_pairs(ws: Workstream, pairs: set[tuple[int, int]], topo_pos: list[int]
+def _ordered_pairs(g: _Graph, topo: list[int], topo_pos: list[int], pairs: set[tuple[int, int]]
                    ) -> set[tuple[int, int]]:
-    """The pairs (by step index) where one step depends on the other, directly or not.
+    """The pairs (of node numbers) where one node depends on the other, directly or not.
 
-    Only the earlier step of a pair (in topological order) can be an ancestor of the later one, so
-    give each such "target" a bit and OR the bits along the edges once, in topological order; a
-    node's bitset is dropped as soon as its last dependent has read it.
+    Only the earlier node of a pair (in topological order) can be an ancestor of the later one, so
+    each such "target" gets a bit, and the bits are ORed along the edges once, in topological order
+    (big ints are bitsets); a node's set is dropped once its last dependent has read it.
     """
-    index = {s.id: i for i, s in enumerate(ws.steps)}
-    deps = [[index[d] for d in s.depends_on if d in index] for s in ws.steps]
     bit: dict[int, int] = {}
-    queries: dict[int, list[tuple[int, int]]] = {}      # later step -> (earlier step, pair)
+    queries: dict[int, list[tuple[int, tuple[int, int]]]] = {}   # later -> (earlier, pair)
     for a, b in pairs:
         early, late = (a, b) if topo_pos[a] < topo_pos[b] else (b, a)
         bit.setdefault(early, 1 << len(bit))
         queries.setdefault(late, []).append((early, (a, b)))
-    readers = [0] * len(ws.steps)
-    for ds in deps:
-        for d in ds:
-            readers[d] += 1
-    by_topo = sorted(range(len(ws.steps)), key=topo_pos.__getitem__)
-    last = max(topo_pos[n] for n in queries)
+    readers = [g.user_at[i + 1] - g.user_at[i] for i in range(len(topo))]
+    first = min(topo_pos[n] for n in bit)        # before it, every set is empty
+    last = max(topo_pos[n] for n in queries)     # after it, nothing is asked
     ancestors: dict[int, int] = {}
     found: set[tuple[int, int]] = set()
-    for n in by_topo:
-        if topo_pos[n] > last:
-            break
+    deps, dep_at = g.deps, g.dep_at
+    for n in topo[first:last + 1]:
         acc = 0
-        for d in deps[n]:
+        for d in deps[dep_at[n]:dep_at[n + 1]]:
             acc |= ancestors.get(d, 0) | bit.get(d, 0)
             readers[d] -= 1
             if readers[d] == 0:
                 ancestors.pop(d, None)
-        for early, pair in queries.get(n, ()):
-            if acc & bit[early]:
-                found.add(pair)
-        if acc and readers[n]:
-            ancestors[n] = acc
+        if acc:
+            for early, pair in queries.get(n, ()):
+                if acc & bit[early]:
+                    found.add(pair)
+            if readers[n]:
+                ancestors[n] = acc
     return found
 
 
-def _exclusive_groups(ws: Workstream) -> dict[int, set[str]]:
+def _exclusive_groups(ws: Workstream) -> dict[int, frozenset[str]]:
     """Step index -> ids of the groups that never run two of their steps at once."""
     index = {s.id: i for i, s in enumerate(ws.steps)}
     out: dict[int, set[str]] = {}
@@ -646,4 +703,4 @@ def _exclusive_groups(ws: Workstream) -> dict[int, set[str]]:
             for sid in group.steps:
                 if sid in index:
                     out.setdefault(index[sid], set()).add(group.id)
-    return out
+    return {k: frozenset(v) for k, v in out.items()}

@@ -380,7 +380,7 @@ def run_step(spec: StepSpec) -> StepResult:
 
 
 def _run_step(spec: StepSpec, started: float) -> StepResult:
-    _emit("start", spec.step_id, spec.attempt, os.getpid())
+    _emit("start", spec.step_id, spec.attempt, os.getpid(), started)
     deadline = time.monotonic() + spec.timeout
     sink = LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
