@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import select
 import signal
 import threading
@@ -31,12 +30,12 @@ from . import graph, procs
 from .errors import UsageError
 from .interp import InterpolationError, substitute_task
 from .model import (OnFailure, PYTHON, SHELL, StepResult, StepSpec, StepStatus, Task, Workstream)
+from .masking import mask, secret_values
 from .records import StepRecord, state_dict, summary_dict
 from .report import render_junit, render_report
 from .scheduler import Scheduler
 from .store import RunStore, new_run_id
 
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.I)
 STATE_FLUSH_INTERVAL = 0.2
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -75,24 +74,6 @@ class Reporter:
     def run_finished(self, summary: dict[str, Any], run_dir: Path) -> None: ...
 
 
-def secret_values(*envs: dict[str, str] | os._Environ) -> tuple[str, ...]:
-    """Values of variables whose names look secret, to be masked as *** in everything written."""
-    out = set()
-    for env in envs:
-        for k, v in env.items():
-            if SECRET_NAME.search(k) and v and len(v) >= 4:
-                out.add(v)
-    return tuple(sorted(out, key=len, reverse=True))
-
-
-def mask(text: str | None, secrets: tuple[str, ...]) -> str | None:
-    if not text:
-        return text
-    for s in secrets:
-        text = text.replace(s, "***")
-    return text
-
-
 class Dispatcher:
     def __init__(self, ws: Workstream, options: RunOptions, *,
                  pool_factory: Callable[[int, int | None], Any] | None = None,
@@ -123,14 +104,14 @@ class Dispatcher:
         self._cancel_at: float | None = None
         self.status = "running"
         self.interrupted = False
-        self.secrets = secret_values(os.environ, options.extra_env,
-                                     *[dict(s.env) for s in ws.steps],
-                                     *[dict(t.env) for t in ws.tools.values()])
+        self.secrets = secret_values([os.environ, options.extra_env, *[s.env for s in ws.steps],
+                                      *[t.env for t in ws.tools.values()]])
 
     # --- set-up ------------------------------------------------------------------------------------
     def _prepare(self) -> list[str]:
         """Take the lock, open the run directory, restore a resumed run. Returns steps kept."""
         ws, opt = self.ws, self.opt
+        self.store.secrets = self.secrets
         resume_id = None
         if opt.resume is not None and not opt.force:
             resume_id = opt.resume or self.store.latest_run_id()
@@ -186,7 +167,9 @@ class Dispatcher:
             if self.opt.on_conflict == "serialize":
                 serialize = [(c.step_a, c.step_b) for c in graph.scope_conflicts(ws)]
             self.sched = Scheduler(ws, max_workers=self.workers, on_failure=self.on_failure,
-                                   priorities=prio, serialize=serialize, keep=kept)
+                                   priorities=prio, serialize=serialize, keep=kept,
+                                   earlier_attempts={sid: r.attempts for sid, r in self.records.items()
+                                                     if sid not in kept})
             for sid in kept:
                 self.records[sid].status = StepStatus.SUCCEEDED
             self.t0 = self.clock()
@@ -305,7 +288,7 @@ class Dispatcher:
 
     def _submit(self, sid: str, now: float, *, restart: bool = False) -> None:
         rec = self.records[sid]
-        attempt = self.sched.state[sid].attempts
+        attempt = self.sched.attempt(sid)
         rec.attempts = attempt
         rec.status = StepStatus.RUNNING
         rec.task_index, rec.task_count = None, None
@@ -540,7 +523,7 @@ class Dispatcher:
 
     # --- records -----------------------------------------------------------------------------------
     def _log_line(self, line: str) -> None:
-        self.store.log(mask(line, self.secrets) or "")
+        self.store.log(line)
 
     def _state(self, status: str, finished: float | None = None) -> dict[str, Any]:
         return state_dict(ws=self.ws, run_id=self.run_id, status=status, pid=os.getpid(),
@@ -589,7 +572,7 @@ class Dispatcher:
                                execution=self._execution_dict(), records=self.records,
                                log_file=log_files)
         self.store.write_json("results_summary.json", summary)
-        tails = {s["id"]: mask(self.store.log_tail(s["id"]), self.secrets) or ""
+        tails = {s["id"]: self.store.log_tail(s["id"])
                  for s in summary["steps"] if s["status"] not in ("succeeded", "pending", "blocked", "skipped")}
         self.store.write_text("execution_report.md", render_report(summary, log_tails=tails))
         self.store.write_text("junit.xml", render_junit(summary))

@@ -149,26 +149,27 @@ class _Doc:
 
     def fail(self, issues: Sequence[_Issue]) -> NoReturn:
         offsets, key_offsets = _locate(self.text, [i.where for i in issues if i.where is not None])
-        placed = []
+        placed: list[tuple[tuple[bool, int, int], _Issue, int | None]] = []
         for n, issue in enumerate(issues):
-            line = col = None
             offset = None
             if issue.where is not None:
                 offset = (issue.at_key and key_offsets.get(issue.where)) or offsets.get(issue.where)
-            if offset is not None:
-                line, col = _line_col(self.text, offset)
-            placed.append(((line is None, line or 0, col or 0, n), issue, line, col))
-        placed.sort(key=lambda p: p[0])
-        errors = [ValidationError(i.message, path=self.source,
-                                  where=format_json_path(i.where) if i.where else None,
-                                  line=line, column=col, hint=i.hint)
-                  for _, i, line, col in placed]
+            placed.append(((offset is None, offset or 0, n), issue, offset))
+        placed.sort(key=lambda p: p[0])               # in file order, like a compiler
+        shown = placed[:MAX_ERRORS]
+        lines = _line_cols(self.text, [off for _, _, off in shown if off is not None])
+        errors = []
+        for _, issue, off in shown:
+            line, col = lines[off] if off is not None else (None, None)
+            errors.append(ValidationError(issue.message, path=self.source, line=line, column=col,
+                                          where=format_json_path(issue.where) if issue.where else None,
+                                          hint=issue.hint))
         first = errors[0]
         if len(errors) == 1:
             raise first
-        rest = [str(e) for e in errors[1:MAX_ERRORS]]
-        if len(errors) > MAX_ERRORS:
-            rest.append(f"... and {len(errors) - MAX_ERRORS} more errors")
+        rest = [str(e) for e in errors[1:]]
+        if len(placed) > MAX_ERRORS:
+            rest.append(f"... and {len(placed) - MAX_ERRORS} more errors")
         head = first.message + (f" ({first.hint})" if first.hint else "")
         exc = ValidationError("\n".join([head, *rest]), path=first.path, where=first.where,
                               line=first.line, column=first.column)
@@ -183,6 +184,20 @@ class _Doc:
 def _line_col(text: str, offset: int) -> tuple[int, int]:
     line = text.count("\n", 0, offset) + 1
     return line, offset - text.rfind("\n", 0, offset)
+
+
+def _line_cols(text: str, offsets: Iterable[int]) -> dict[int, tuple[int, int]]:
+    """Line and column (1-based) of many offsets in one pass over the text."""
+    out: dict[int, tuple[int, int]] = {}
+    line, last_nl, prev = 1, -1, 0
+    for off in sorted(set(offsets)):
+        line += text.count("\n", prev, off)
+        nl = text.rfind("\n", prev, off)
+        if nl >= 0:
+            last_nl = nl
+        out[off] = (line, off - last_nl)
+        prev = off
+    return out
 
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -372,13 +387,26 @@ def _token_offset(text: str, token: str) -> int | None:
 
 # --- schema ------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _validators() -> tuple[Callable[[Any], bool], jsonschema.Draft202012Validator]:
+class _Validators:
     """The schema as the loader applies it: `execution` is interpolated first, so the `${env...}`
-    strings the published schema accepts (for editors) are no longer acceptable values."""
-    schema = load_schema("workstream")
-    schema["$defs"]["env_expr"] = False
-    return _compile(schema), jsonschema.Draft202012Validator(schema)
+    strings the published schema accepts (for editors) are no longer acceptable values.
+
+    `fast` and `fast_step` answer "valid?" quickly; `slow` (jsonschema) explains what is wrong.
+    """
+
+    def __init__(self) -> None:
+        schema = load_schema("workstream")
+        schema["$defs"]["env_expr"] = False
+        self.slow = jsonschema.Draft202012Validator(schema)
+        self.slow_step = self.slow.evolve(schema=schema["$defs"]["step"])
+        compile_ = _compiler(schema)
+        self.fast = compile_(schema)
+        self.fast_step = compile_(schema["$defs"]["step"])
+
+
+@functools.lru_cache(maxsize=None)
+def _validators() -> _Validators:
+    return _Validators()
 
 
 _ANNOTATIONS = {"description", "title", "$id", "$schema", "$defs", "default", "examples", "$comment"}
@@ -399,7 +427,7 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _compile(root: dict[str, Any]) -> Callable[[Any], bool]:
+def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
     """Turn the subset of JSON Schema our schema uses into nested closures answering "valid?".
 
     About 20x faster than `jsonschema` on a big document. It must agree with `jsonschema` exactly
@@ -482,7 +510,7 @@ def _compile(root: dict[str, Any]) -> Callable[[Any], bool]:
         done[id(s)] = check
         return check
 
-    return comp(root)
+    return comp
 
 
 def _check_all(checks: tuple[Callable[[Any], bool], ...], x: Any) -> bool:
@@ -514,17 +542,29 @@ def _check_object(props: dict[str, Callable[[Any], bool]], extra: Callable[[Any]
     return True
 
 
-def _schema_issues(doc_value: Any) -> list[_Issue]:
-    fast, slow = _validators()
+def _schema_issues(data: Any) -> list[_Issue]:
+    v = _validators()
     try:
-        if fast(doc_value):
+        if v.fast(data):
             return []
     except NotImplementedError:
         pass
+    errors: list[tuple[JPath, jsonschema.ValidationError]] = []
+    steps = data.get("steps") if isinstance(data, dict) else None
+    if isinstance(steps, list) and len(steps) > 1:
+        # jsonschema needs seconds for 100 000 steps: explain only the steps the fast check refuses,
+        # and the rest of the document with one stand-in step (so "at least one step" still holds).
+        rest = dict(data, steps=[{"id": "x"}])
+        errors += [((), e) for e in v.slow.iter_errors(rest)]
+        for i, step in enumerate(steps):
+            if not v.fast_step(step):
+                errors += [(("steps", i), e) for e in v.slow_step.iter_errors(step)]
+    else:
+        errors += [((), e) for e in v.slow.iter_errors(data)]
     issues: list[_Issue] = []
     seen: set[tuple[Any, str]] = set()
-    for err in slow.iter_errors(doc_value):
-        for issue in _explain(err, slow.schema):
+    for prefix, err in errors:
+        for issue in _explain(err, v.slow.schema, prefix):
             if (issue.where, issue.message) not in seen:
                 seen.add((issue.where, issue.message))
                 issues.append(issue)
@@ -592,9 +632,10 @@ def _fits_type(schema: Any, root: dict[str, Any], value: Any) -> bool:
     return True
 
 
-def _explain(err: jsonschema.ValidationError, root: dict[str, Any]) -> list[_Issue]:
-    """One jsonschema error as messages a person can act on."""
-    path: JPath = tuple(err.absolute_path)
+def _explain(err: jsonschema.ValidationError, root: dict[str, Any], prefix: JPath = ()
+             ) -> list[_Issue]:
+    """One jsonschema error as messages a person can act on (`prefix`: where its instance is)."""
+    path: JPath = prefix + tuple(err.absolute_path)
     v, value, inst = err.validator, err.validator_value, err.instance
     if "propertyNames" in err.schema_path:   # a tool name; the error sits on the object
         if v == "not":
@@ -646,7 +687,7 @@ def _explain(err: jsonschema.ValidationError, root: dict[str, Any]) -> list[_Iss
             shallow = all(len(s.absolute_path) == len(err.absolute_path)
                           and s.validator in ("type", "const", "enum") for s in subs)
             if subs and (len(branches) == 1 or not shallow):
-                return [issue for s in subs for issue in _explain(s, root)]
+                return [issue for s in subs for issue in _explain(s, root, prefix)]
         wanted = " or ".join(_wanted(b, root) for _, b in branches)
         return [_Issue(f"expected {wanted}, got {_show(inst)}", path)]
     return [_Issue(err.message, path)]

@@ -37,7 +37,8 @@ _FAILED = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 @dataclass
 class StepState:
     status: StepStatus = StepStatus.PENDING
-    attempts: int = 0
+    attempts: int = 0                    # attempts in this session (the retry budget)
+    earlier_attempts: int = 0            # attempts in earlier sessions of a resumed run
     not_before: float = 0.0
     blocked_by: list[str] = field(default_factory=list)
     reason: str | None = None
@@ -67,6 +68,7 @@ class Scheduler:
                  priorities: Mapping[str, float] | None = None,
                  serialize: Iterable[tuple[str, str]] = (),
                  keep: Iterable[str] = (),
+                 earlier_attempts: Mapping[str, int] | None = None,
                  min_start_interval: float | None = None,
                  rng: random.Random | None = None):
         ex = ws.execution
@@ -111,6 +113,9 @@ class Scheduler:
         self._delayed: set[str] = set()  # pending again after a failed attempt, waiting retry_delay
         self.unmet = {s.id: len(s.depends_on) for s in ws.steps}
         kept = set(keep)
+        for sid, n in (earlier_attempts or {}).items():
+            if sid in self.state:
+                self.state[sid].earlier_attempts = n
         for sid in self.steps:  # resumed runs: earlier successes count as done
             if sid in kept:
                 self.state[sid].status = StepStatus.SUCCEEDED
@@ -125,6 +130,11 @@ class Scheduler:
     # --- queries -----------------------------------------------------------------------------------
     def status(self, step_id: str) -> StepStatus:
         return self.state[step_id].status
+
+    def attempt(self, step_id: str) -> int:
+        """The number of the current (or last) attempt, counting earlier sessions of the run."""
+        st = self.state[step_id]
+        return st.earlier_attempts + st.attempts
 
     @property
     def done(self) -> bool:

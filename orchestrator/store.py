@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .masking import mask, mask_obj
 from .errors import LockHeldError, RunNotFoundError
 from .procs import pid_alive
 
@@ -59,7 +60,14 @@ def atomic_write(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
 
 
 def _mkdir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create with 0700 (parents too: run records may hold what steps printed)."""
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o700, exist_ok=True)
 
 
 class RunStore:
@@ -73,6 +81,7 @@ class RunStore:
         self.run_dir: Path | None = None
         self._lock_fd: int | None = None
         self._log = None
+        self.secrets: tuple[str, ...] = ()   # masked in everything this store writes
 
     # --- lock --------------------------------------------------------------------------------------
     def acquire_lock(self, run_id: str) -> str | None:
@@ -175,7 +184,7 @@ class RunStore:
             self._log = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
         ms = int((time.time() % 1) * 1000)
-        self._log.write(f"{stamp}.{ms:03d}Z {line}\n")
+        self._log.write(f"{stamp}.{ms:03d}Z {mask(line, self.secrets)}\n")
 
     def close(self) -> None:
         if self._log is not None:
@@ -186,13 +195,14 @@ class RunStore:
     def write_json(self, name: str, obj: Any, *, fsync: bool = True) -> Path:
         assert self.run_dir is not None
         path = self.run_dir / name
-        atomic_write(path, json.dumps(obj, indent=2, default=str) + "\n", fsync=fsync)
+        atomic_write(path, json.dumps(mask_obj(obj, self.secrets), indent=2, default=str) + "\n",
+                     fsync=fsync)
         return path
 
     def write_text(self, name: str, text: str) -> Path:
         assert self.run_dir is not None
         path = self.run_dir / name
-        atomic_write(path, text)
+        atomic_write(path, mask(text, self.secrets) or "")
         return path
 
     # --- reading (also used by `status`, which never writes) ----------------------------------------

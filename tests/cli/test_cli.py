@@ -72,21 +72,29 @@ def test_validate_accepts_a_good_file(make_workstream):
     assert "ws-test" in result.output
 
 
+CYCLE = re.compile(r"dependency cycle: (a -> c -> b -> a|c -> b -> a -> c|b -> a -> c -> b"
+                   r"|a -> b -> c -> a|b -> c -> a -> b|c -> a -> b -> c)")
+
+# kind -> (file content, texts the one error message must hold: the place and the problem)
 BAD_INPUTS = {
-    "malformed-json": ('{"id": "ws-test", "steps": [\n  {"id": "a", "tasks": ["true"]},\n]}', ["ws-test.json:3"]),
-    "schema-violation": ({"id": "ws-test", "steps": [{"id": "a", "tasks": "not a list"}]}, ["steps[0].tasks"]),
-    "duplicate-ids": ({"id": "ws-test", "steps": [{"id": "a"}, {"id": "b"}, {"id": "a"}]}, ["'a'"]),
+    "malformed-json": ('{"id": "ws-test", "steps": [\n  {"id": "a", "tasks": ["true"]},\n]}',
+                       ["ws-test.json:3:", "malformed JSON"]),
+    "schema-violation": ({"id": "ws-test", "steps": [{"id": "a", "tasks": "not a list"}]},
+                         ["steps[0].tasks"]),
+    "duplicate-ids": ({"id": "ws-test", "steps": [{"id": "a"}, {"id": "b"}, {"id": "a"}]},
+                      ["steps[2].id", "'a'"]),
     "unknown-dependency": ({"id": "ws-test", "steps": [{"id": "a", "depends_on": ["nope"]}]},
                            ["steps[0].depends_on[0]", "nope"]),
     "cycle": ({"id": "ws-test", "steps": [{"id": "a", "depends_on": ["c"]}, {"id": "b", "depends_on": ["a"]},
-                                          {"id": "c", "depends_on": ["b"]}]}, [re.compile(r"cycle: (a -> c -> b -> a|c -> b -> a -> c|b -> a -> c -> b"
-                                                  r"|a -> b -> c -> a|b -> c -> a -> b|c -> a -> b -> c)")]),
-    "unknown-tool": ({"id": "ws-test", "steps": [{"id": "a", "tool": "hammer", "tasks": ["x"]}]}, ["hammer"]),
+                                          {"id": "c", "depends_on": ["b"]}]},
+              [CYCLE]),
+    "unknown-tool": ({"id": "ws-test", "steps": [{"id": "a", "tool": "hammer", "tasks": ["x"]}]},
+                     ["steps[0].tool", "hammer"]),
     "max-workers-0": ({"id": "ws-test", "execution": {"max_workers": 0}, "steps": [{"id": "a"}]},
-                      ["max-workers must be at least 1"]),
+                      ["execution.max_workers", "max-workers must be at least 1"]),
     "scope-conflict": ({"id": "ws-test", "steps": [{"id": "writer-a", "files_scope": ["src/*.py"]},
                                                    {"id": "writer-b", "files_scope": ["src/util.py"]}]},
-                       ["writer-a", "writer-b", "src/"]),
+                       ["writer-a", "writer-b", "src/util.py"]),
 }
 
 
