@@ -36,7 +36,7 @@ class PlainReporter(Reporter):
         if not self.quiet:
             self._say(f"Run {run_id} of {ws.id}: {len(ws.steps)} steps, up to {workers} at once")
 
-    def step_started(self, step_id: str, attempt: int) -> None:
+    def step_started(self, step_id: str, attempt: int, log_path: Path | None = None) -> None:
         if self.verbose:
             extra = f" (attempt {attempt})" if attempt > 1 else ""
             self._say(plain_line(time.time(), SYMBOLS["running"], step_id, f"started{extra}"))

@@ -63,10 +63,17 @@ class RunOutcome:
 
 
 class Reporter:
-    """Event sink for people (the CLI's console view); the default says nothing."""
+    """Event sink for people (the CLI's console view); the default says nothing.
+
+    A reporter that redraws or tails step logs sets `tick_interval`: the loop then calls `tick`
+    at least that often while the run goes on (and never more often than every event).
+    """
+
+    tick_interval: float | None = None
 
     def run_started(self, ws: Workstream, run_id: str, run_dir: Path, workers: int) -> None: ...
-    def step_started(self, step_id: str, attempt: int) -> None: ...
+    def step_started(self, step_id: str, attempt: int, log_path: Path | None = None) -> None: ...
+    def tick(self, records: Mapping[str, StepRecord], now: float) -> None: ...
     def step_progress(self, step_id: str, index: int, count: int) -> None: ...
     def step_finished(self, rec: StepRecord, done: int, total: int) -> None: ...
     def step_changed(self, step_id: str, status: StepStatus, reason: str | None) -> None: ...
@@ -102,6 +109,7 @@ class Dispatcher:
         self._dirty = True
         self._last_flush = 0.0
         self._cancel_at: float | None = None
+        self._next_tick = 0.0
         self.status = "running"
         self.interrupted = False
         self.secrets = secret_values([os.environ, options.extra_env, *[s.env for s in ws.steps],
@@ -209,6 +217,9 @@ class Dispatcher:
                     break
                 self._backstop(now)
                 self._flush()
+                if self.reporter.tick_interval and now >= self._next_tick:
+                    self.reporter.tick(self.records, self.wall())
+                    self._next_tick = now + self.reporter.tick_interval
                 timeout = self._next_timeout(run_deadline)
                 try:
                     select.select([wake_r, prog_r], [], [], timeout)
@@ -238,6 +249,8 @@ class Dispatcher:
             times.append(self._last_flush + STATE_FLUSH_INTERVAL)
         if self._cancel_at is not None:
             times.append(now + 0.25)
+        if self.reporter.tick_interval:
+            times.append(self._next_tick)
         if self.inflight:
             times.append(now + 5.0)  # backstop check for workers that stopped answering
         if not times:
@@ -301,7 +314,7 @@ class Dispatcher:
             return
         if not restart:
             self._log_line(f"STEP START {sid} attempt={attempt}")
-            self.reporter.step_started(sid, attempt)
+            self.reporter.step_started(sid, attempt, self.store.step_log(sid))
         try:
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         except (BrokenExecutor, RuntimeError):
@@ -483,10 +496,13 @@ class Dispatcher:
             detail = f" error={result.error}" if result.error else ""
             self._log_line(f"STEP END {sid} status={result.status.value} attempt={result.attempt} "
                            f"duration={result.duration_s:.3f}s{detail}")
-            done = sum(1 for r in self.records.values() if r.status.terminal)
-            self.reporter.step_finished(rec, done, len(self.records))
+            self.reporter.step_finished(rec, self._terminal_count(), len(self.records))
         self._apply(outcome)
         self._dirty = True
+
+    def _terminal_count(self) -> int:
+        """Steps in a final state: from the scheduler's counts, kept current as steps end."""
+        return len(self.records) - self.sched.pending_or_running
 
     def _apply(self, outcome) -> None:
         for ch in outcome.changes:
@@ -537,7 +553,7 @@ class Dispatcher:
         for sid, rec in self.records.items():
             if rec.status in (StepStatus.BLOCKED,):
                 rec.blocked_by = list(self.sched.state[sid].blocked_by)
-        self.store.write_json("state.json", self._state("running"))
+        self.store.write_json("state.json", self._state("running"), pretty=False)
         self._dirty = False
         self._last_flush = now
 

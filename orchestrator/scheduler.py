@@ -113,6 +113,7 @@ class Scheduler:
         self._delayed: set[str] = set()  # pending again after a failed attempt, waiting retry_delay
         self.unmet = {s.id: len(s.depends_on) for s in ws.steps}
         kept = set(keep)
+        self.pending_or_running = len(self.state) - len(kept & set(self.state))
         for sid, n in (earlier_attempts or {}).items():
             if sid in self.state:
                 self.state[sid].earlier_attempts = n
@@ -141,9 +142,7 @@ class Scheduler:
         """Nothing running and nothing that could still start."""
         if self.running:
             return False
-        if self.stopping:
-            return True
-        return not any(st.status is StepStatus.PENDING for st in self.state.values())
+        return bool(self.stopping) or self.pending_or_running == 0
 
     def next_wakeup(self, now: float) -> float | None:
         """The earliest time at which `take_ready` may hand out something because time passed."""
@@ -235,6 +234,7 @@ class Scheduler:
             return out
         st.status = status
         st.reason = error
+        self.pending_or_running -= 1
         if status is StepStatus.SUCCEEDED:
             self.tool_failures[step.tool] = 0
             for dep in self.dependents[sid]:
@@ -263,6 +263,7 @@ class Scheduler:
                         st.blocked_by.append(cur)
                     continue
                 st.status = StepStatus.BLOCKED
+                self.pending_or_running -= 1
                 st.blocked_by = [cur]
                 word = "was blocked" if self.state[cur].status is StepStatus.BLOCKED else (
                     f"ended {self.state[cur].status.value}")
@@ -277,6 +278,7 @@ class Scheduler:
             st = self.state[sid]
             if st.status is StepStatus.PENDING:
                 st.status = StepStatus.SKIPPED
+                self.pending_or_running -= 1
                 st.reason = reason
                 changes.append(Change(sid, StepStatus.SKIPPED, reason))
         return changes

@@ -183,6 +183,42 @@ def test_run_exit_codes(make_workstream):
     assert invoke("run", "--ws-id", "ws-ok").exit_code == 0
 
 
+@pytest.mark.parametrize("flag", ["--fail-fast", "--on-failure=fail_all", "--sequential"])
+def test_command_line_options_override_the_file(make_workstream, project, flag):
+    path = make_workstream([
+        {"id": "a", "tasks": ["sleep 0.2; exit 1"]},
+        {"id": "b", "tasks": ["sleep 0.2"]},
+        {"id": "c", "tasks": ["true"]},
+    ], execution={"max_workers": 2, "on_failure": "continue"})
+    result = invoke("run", str(path), flag)
+    assert result.exit_code == 1, result.output
+    summary = latest_summary(project)
+    by = steps_by_id(summary)
+    if flag == "--sequential":
+        spans = sorted((s["start_offset_s"], s["end_offset_s"]) for s in summary["steps"])
+        assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans
+        assert [s["status"] for s in summary["steps"]] == ["failed", "succeeded", "succeeded"]
+    else:
+        assert summary["execution"]["on_failure"] == "fail_all"
+        assert by["a"]["status"] == "failed" and by["c"]["status"] == "skipped"
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_the_worktrees_dir_can_be_moved(make_workstream, project, monkeypatch, how):
+    path = make_workstream([{"id": "a", "tasks": ["true"]}])
+    elsewhere = project / "runs-here"
+    if how == "option":
+        args = ["--worktrees-dir", str(elsewhere)]
+    else:
+        monkeypatch.setenv("ORCHESTRATOR_WORKTREES_DIR", str(elsewhere))
+        args = []
+    assert invoke("run", str(path), *args).exit_code == 0
+    assert (elsewhere / "ws-test" / "latest" / "results_summary.json").is_file()
+    assert not (project / ".worktrees").exists()
+    result = invoke("status", "ws-test", *args)
+    assert result.exit_code == 0 and "Status: succeeded" in result.output
+
+
 # --- status and graph -------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -206,6 +242,12 @@ def test_status_prints_the_spec_sections(finished_run):
                  "Error:", "exit code 5", "---", "Progress: 1/3 steps complete"):
         assert text in out, (text, out)
     assert out.index("Completed:") < out.index("Blocked:") < out.index("Failed:") < out.index("Progress:")
+
+
+def test_status_watch_returns_at_once_for_a_finished_run(finished_run):
+    result = invoke("status", "ws-test", "--watch", "0.1")
+    assert result.exit_code == 0
+    assert result.output.count("Run ID:") == 1
 
 
 def test_status_json_parses(finished_run):
@@ -344,6 +386,9 @@ def test_a_second_run_is_refused_while_the_lock_is_held(make_workstream, project
         assert wait_until(lambda: read_state(project, "ws-lock").get("steps", {}).get("slow", {})
                           .get("status") == "running", timeout=20), first.poll()
         assert read_state(project, "ws-lock")["status"] == "running"
+        live = invoke("status", "ws-lock")
+        assert live.exit_code == 0
+        assert "Status: running" in live.output and "Running:" in live.output and "● slow" in live.output
 
         second = run_module(project, "run", "--ws-id", "ws-lock")
         assert second.returncode == 3, second.stderr
@@ -392,3 +437,33 @@ def test_sigint_interrupts_the_run(make_workstream, project, marker):
     assert state["steps"]["s3"]["status"] == "pending"
     assert wait_until(lambda: not stray_processes(marker), timeout=5), \
         [p.info["cmdline"] for p in stray_processes(marker)]
+
+
+def test_a_killed_orchestrator_leaves_a_stale_run_and_no_processes(make_workstream, project, marker):
+    import psutil
+    make_workstream([{"id": "s1", "tasks": [sleeper(30, marker)]}], ws_id="ws-kill")
+    proc = start_run(project, "ws-kill")
+    try:
+        def running() -> bool:
+            return (read_state(project, "ws-kill").get("steps", {}).get("s1", {}).get("status") == "running"
+                    and len(stray_processes(marker)) >= 1)
+        assert wait_until(running, timeout=20), (proc.poll(), read_state(project, "ws-kill"))
+        workers = psutil.Process(proc.pid).children()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+    finally:
+        stop(proc)
+
+    assert wait_until(lambda: not stray_processes(marker), timeout=10), \
+        [p.info["cmdline"] for p in stray_processes(marker)]
+
+    def gone(p) -> bool:
+        try:
+            return p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+    assert wait_until(lambda: all(gone(p) for p in workers), timeout=10)
+    result = invoke("status", "ws-kill")
+    assert result.exit_code == 0
+    assert "Status: stale" in result.output
+    assert json.loads(invoke("status", "ws-kill", "--json").stdout)["status"] == "stale"

@@ -433,6 +433,18 @@ def test_a_named_tool_gets_the_task_as_one_argument_without_a_shell(make_workstr
     assert "task 1/2" in log and "task 2/2" in log
 
 
+def test_a_named_tool_passes_braces_in_the_task_verbatim(make_workstream, run_workstream, project):
+    """`{task}` is the task string as written: placeholders inside the task itself are not expanded."""
+    record = "import json, sys; open('argv.json', 'w').write(json.dumps(sys.argv[1:]))"
+    task = 'rename {step_id} and {ws_id} in {"files": "{files}"}'
+    path = make_workstream([{"id": "braces", "tool": "argv", "tasks": [task], "files_scope": ["x.txt"]}],
+                           tools={"argv": {"command": [sys.executable, "-c", record, "{task}", "{step_id}"]}})
+    outcome, summary = run_workstream(path)
+
+    assert outcome.exit_code == 0, summary["steps"][0]["error"]
+    assert json.loads((project / "argv.json").read_text()) == [task, "braces"]
+
+
 # --- acceptance tests ---------------------------------------------------------------------------------
 
 def test_acceptance_tests_decide_success(make_workstream, run_workstream):
@@ -543,39 +555,96 @@ def test_the_run_directory_follows_the_spec(make_workstream, run_workstream, pro
     assert wrong == [], "\n".join(wrong)
 
 
-def test_step_output_reaches_the_log_while_the_step_runs(make_workstream, project):
-    from orchestrator.dispatcher import Dispatcher, RunOptions
-    from orchestrator.loader import load_workstream
+class BackgroundRun:
+    """Dispatcher.run in a thread (signal handling is skipped off the main thread), so the test can
+    look at the run while it goes on. `release` creates the flag file the steps wait for."""
 
-    path = make_workstream([{"id": "talk", "timeout": 30, "tasks": [
-        "echo first-line; while [ ! -f go.flag ]; do sleep 0.02; done; echo last-line"]}])
-    ws = load_workstream(path, project_root=project)
-    dispatcher = Dispatcher(ws, RunOptions(project_root=project, worktrees=project / ".worktrees"))
-    box: dict = {}
+    def __init__(self, path: Path, project: Path, flag: str = "go.flag"):
+        from orchestrator.dispatcher import Dispatcher, RunOptions
+        from orchestrator.loader import load_workstream
 
-    def target():
+        ws = load_workstream(path, project_root=project)
+        self.dispatcher = Dispatcher(ws, RunOptions(project_root=project, worktrees=project / ".worktrees"))
+        self.flag = project / flag
+        self.outcome = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
         try:
-            box["outcome"] = dispatcher.run()
-        except BaseException as e:  # noqa: BLE001 - reported by the test below
-            box["error"] = e
+            self.outcome = self.dispatcher.run()
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            self.error = e
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    def __enter__(self) -> "BackgroundRun":
+        self.thread.start()
+        return self
+
+    def release(self) -> None:
+        self.flag.touch()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+        self.thread.join(timeout=30)
+
+
+WAIT_FOR_FLAG = "while [ ! -f go.flag ]; do sleep 0.02; done"
+
+
+def test_step_output_reaches_the_log_while_the_step_runs(make_workstream, project):
+    path = make_workstream([{"id": "talk", "timeout": 30,
+                             "tasks": [f"echo first-line; {WAIT_FOR_FLAG}; echo last-line"]}])
     log = project / ".worktrees" / "ws-test" / "latest" / "steps" / "talk.log"
-    try:
+    with BackgroundRun(path, project) as run:
         seen = wait_until(lambda: log.exists() and "first-line" in log.read_text(), timeout=15)
-        still_running = thread.is_alive() and not (project / "go.flag").exists()
+        still_running = run.thread.is_alive() and not run.flag.exists()
         text_then = log.read_text() if log.exists() else ""
-    finally:
-        (project / "go.flag").touch()
-        thread.join(timeout=30)
     assert seen, "the first line never reached the log while the step ran"
     assert still_running
     assert "last-line" not in text_then.splitlines()
-    assert not thread.is_alive()
-    assert "error" not in box, box.get("error")
-    assert box["outcome"].exit_code == 0
+    assert not run.thread.is_alive()
+    assert run.error is None, run.error
+    assert run.outcome.exit_code == 0
     assert "last-line" in log.read_text().splitlines()
+
+
+def test_state_json_describes_running_steps(make_workstream, project):
+    """SPEC §3: state.json has the run's status and pid, and per running step its start, attempt,
+    and current task index and count."""
+    path = make_workstream([
+        {"id": "multi", "timeout": 30, "tasks": ["true", WAIT_FOR_FLAG, "true"]},
+        {"id": "single", "timeout": 30, "tasks": [WAIT_FOR_FLAG]},
+        {"id": "later", "tasks": ["true"], "depends_on": ["single"]},
+    ])
+    state_path = project / ".worktrees" / "ws-test" / "latest" / "state.json"
+
+    def state() -> dict:
+        try:
+            return json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    with BackgroundRun(path, project) as run:
+        def ready() -> dict | None:
+            st = state()
+            steps = st.get("steps", {})
+            multi, single = steps.get("multi", {}), steps.get("single", {})
+            if (multi.get("status") == "running" and multi.get("task_index") == 2
+                    and single.get("status") == "running" and single.get("started_at")):
+                return st
+            return None
+        live = wait_until(ready, timeout=15)
+        last = state()
+    assert live, last
+    assert live["status"] == "running" and live["pid"] == os.getpid()
+    assert live["workstream_id"] == "ws-test" and RUN_ID_RE.match(live["run_id"])
+    assert live["started_at"] and live["updated_at"]
+    multi, single, later = (live["steps"][k] for k in ("multi", "single", "later"))
+    assert multi["task_count"] == 3 and multi["attempt"] == 1 and multi["started_at"]
+    assert later["status"] == "pending" and later["started_at"] is None
+    assert single["attempt"] == 1
+    assert (single["task_index"], single["task_count"]) == (1, 1)
+    assert run.error is None and run.outcome.exit_code == 0
 
 
 def test_a_huge_log_is_capped_keeping_head_and_tail(make_workstream, run_workstream):
