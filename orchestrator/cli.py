@@ -136,7 +136,7 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
     if dry_run:
         click.echo(_plan_text(ws, max_workers, on_conflict))
         return
-    from .console import PlainReporter
+    from .console import make_reporter
     from .dispatcher import Dispatcher, RunOptions
     from .procs import become_subreaper
     # orphans of a pool worker killed from outside come to us, so the dispatcher can end them
@@ -144,7 +144,7 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
     opts = RunOptions(project_root=_project_root(), worktrees=_worktrees(worktrees_dir),
                       max_workers=max_workers, on_failure=policy, on_conflict=on_conflict, grace=grace,
                       resume=resume, force=force)
-    outcome = Dispatcher(ws, opts, reporter=PlainReporter(quiet=quiet, verbose=verbose)).run()
+    outcome = Dispatcher(ws, opts, reporter=make_reporter(quiet=quiet, verbose=verbose, stream=sys.stderr)).run()
     sys.exit(outcome.exit_code)
 
 

@@ -5,10 +5,12 @@ file order (the last tie-breaker everywhere, so every result is deterministic). 
 iterative and O(V + E) (the order uses a heap, O((V + E) log V)), because a workstream of 100 000
 steps must validate in a second or two and Python's recursion limit is about 1000.
 
-File scopes are globs relative to the project root, with gitignore meaning: `*`, `?` and `[...]`
-stay inside one path segment, a `**` segment matches any number of segments, and a pattern covers
-everything below what it matches (`dir` and `dir/` both mean the directory and its contents). A
-pattern without a slash is anchored at the root (`*.py` is the top-level Python files). Two globs
+File scopes are globs relative to the project root: `*`, `?` and `[...]` stay inside one path
+segment, a `**` segment matches any number of segments, and a pattern without a slash is anchored
+at the root (`*.py` is the top-level Python files). A pattern that names directories covers
+everything below them, as in gitignore: one written with a trailing `/`, or whose last segment has
+no dot (`src`, `build/*`); a last segment with a dot (`*.py`, `util.py`) names files, so that
+`**/*.md` does not overlap `src/util.py` through the impossible `src/util.py/x.md`. Two globs
 overlap when some path is matched by both; `glob_overlap` decides it exactly by searching the
 product of the two patterns' automata, first over path segments and then, for two single-segment
 globs, over characters (character classes are intervals of code points). `scope_conflicts` finds
@@ -203,7 +205,8 @@ Token = Any                                        # _STAR or Intervals
 
 
 def normalize_glob(pattern: str) -> str:
-    """`./src//a/` -> `src/a`: drop `.` and empty segments and a leading `/`, collapse `**/**`."""
+    """`./src//a/./b/` -> `src/a/b/`: drop `.` and empty segments and a leading `/`, collapse
+    `**/**`; a trailing `/` (it says "a directory") is kept."""
     segs: list[str] = []
     for seg in pattern.split("/"):
         if seg in ("", "."):
@@ -211,13 +214,28 @@ def normalize_glob(pattern: str) -> str:
         if seg == _DSTAR and segs and segs[-1] == _DSTAR:
             continue
         segs.append(seg)
-    return "/".join(segs)
+    text = "/".join(segs)
+    return text + "/" if text and pattern.endswith("/") and not text.endswith(_DSTAR) else text
 
 
+def _is_directory(pattern: str) -> bool:
+    """Does the pattern (normalised) name directories, and so cover everything below them?
+
+    Written with a trailing `/`, or a last segment without a dot (`src`, `build/*`): a directory.
+    A last segment with a dot (`*.py`, `util.py`) names files: `**/test_*.py` must not be taken to
+    overlap `src/util.py` just because `src/util.py/test_x.py` would be a path.
+    """
+    if not pattern or pattern.endswith("/"):
+        return True
+    return "." not in pattern.rsplit("/", 1)[-1]
+
+
+@functools.lru_cache(maxsize=65536)
 def _segments(pattern: str) -> tuple[str, ...]:
-    """A normalised pattern's segments plus the implicit `**` that makes it cover what is below."""
-    segs = [s for s in normalize_glob(pattern).split("/") if s]
-    if not segs or segs[-1] != _DSTAR:
+    """A pattern's segments, plus a final `**` when it names directories (see `_is_directory`)."""
+    norm = normalize_glob(pattern)
+    segs = [s for s in norm.split("/") if s]
+    if _is_directory(norm) and (not segs or segs[-1] != _DSTAR):
         segs.append(_DSTAR)
     return tuple(segs)
 
@@ -421,7 +439,7 @@ def _literal(pattern: str) -> bool:
 
 
 class _GlobNFA:
-    """A glob (with its implicit trailing `**`) read one path segment at a time."""
+    """A glob (with its final `**` when it names directories) read one path segment at a time."""
 
     def __init__(self, pattern: str) -> None:
         self.segs = _segments(pattern)
@@ -434,6 +452,9 @@ class _GlobNFA:
                 i += 1
                 out.add(i)
         return frozenset(out)
+
+    def accepts(self, states: frozenset[int]) -> bool:
+        return len(self.segs) in states
 
     def step(self, states: frozenset[int], name: str) -> frozenset[int]:
         nxt = []
@@ -466,12 +487,18 @@ class Conflict:
     example: str = ""                          # a path both patterns match
 
     def describe(self) -> str:
-        verb = "both write" if self.kind == "write/write" else "one writes what the other reads:"
-        detail = (f"'{self.step_a}' writes '{self.pattern_a}', '{self.step_b}' "
-                  f"{'writes' if self.kind == 'write/write' else 'reads'} '{self.pattern_b}'")
-        where = self.example if self.pattern_a == self.pattern_b else f"{self.example} ({detail})"
-        return (f"steps '{self.step_a}' and '{self.step_b}' may run at the same time and {verb} "
-                f"{where}")
+        """One sentence for a person: both steps, what overlaps, and each side's pattern."""
+        a, b = f"'{self.step_a}'", f"'{self.step_b}'"
+        head = f"steps {a} and {b} may run at the same time and "
+        if self.kind == "write/write":
+            head += "both write "
+        else:
+            head += f"{b} reads what {a} writes: "
+        if self.pattern_a == self.pattern_b:
+            return head + f"'{self.pattern_a}'"
+        verb = "writes" if self.kind == "write/write" else "reads"
+        return (head + f"{self.example or self.pattern} ({a} writes '{self.pattern_a}', "
+                f"{b} {verb} '{self.pattern_b}')")
 
 
 class _Trie:
@@ -554,9 +581,10 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
 
     literal_trie, glob_trie = _Trie(), _Trie()
     globs: list[int] = []
+    u_dir = [_is_directory(p) for p in u_pat]
     for u, pat in enumerate(u_pat):
         if _literal(pat):
-            literal_trie.node(_segments(pat)[:-1]).entries.append(u)
+            literal_trie.node([x for x in pat.split("/") if x]).entries.append(u)
         else:
             globs.append(u)
             glob_trie.node(_literal_prefix(pat)).entries.append(u)
@@ -568,9 +596,10 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
         topo_pos[n] = p
     # Node numbers of `g` are step indexes: ids are unique and `order` is the file order.
 
-    # Literal vs literal: the same path (a clique), or one path below the other.
+    # Literal vs literal: the same path (a clique), or one path below a directory.
+    glob_set = set(globs)
     cliques: list[list[int]] = [u_entries[u] for u in range(len(u_pat))
-                                if u not in globs or glob_overlap(u_pat[u], u_pat[u]) is not None]
+                                if u not in glob_set or glob_overlap(u_pat[u], u_pat[u]) is not None]
     stack: list[tuple[_Trie, list[int]]] = [(literal_trie, [])]
     while stack:
         node, above = stack.pop()
@@ -578,7 +607,7 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
             for a in above:
                 for b in node.entries:
                     cross(a, b)
-            above = above + node.entries
+            above = above + [u for u in node.entries if u_dir[u]]
         for child in node.children.values():
             stack.append((child, above))
 
@@ -589,7 +618,10 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
         while walk:
             node, states = walk.pop()
             for v in node.entries:
-                cross(u, v)
+                # A directory meets the glob if the glob can still match below it; a file only
+                # if the glob matches the file itself.
+                if u_dir[v] or nfa.accepts(states):
+                    cross(u, v)
             for name, child in node.children.items():
                 nxt = nfa.step(states, name)
                 if nxt:
@@ -617,8 +649,8 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
     for (sa, sb), (a, b) in sorted(candidates.items()):
         if (sa, sb) in ordered or (exclusive.get(sa, _NONE) & exclusive.get(sb, _NONE)):
             continue
-        if e_kind[a] == "r":                   # the writer first
-            a, b = b, a
+        if e_kind[a] == "r" or (e_kind[b] == "w" and e_step[a] > e_step[b]):
+            a, b = b, a                        # the writer first, else file order
         kind = "write/write" if e_kind[a] == e_kind[b] else "write/read"
         pa, pb = e_pat[a], e_pat[b]
         out.append(Conflict(step_a=ws.steps[e_step[a]].id, step_b=ws.steps[e_step[b]].id, kind=kind,
@@ -633,29 +665,80 @@ _NONE: frozenset[str] = frozenset()
 def _cliques(cliques: list[list[int]], e_step: list[int], e_kind: list[str], g: _Graph,
              topo: list[int], topo_pos: list[int],
              candidates: dict[tuple[int, int], tuple[int, int]]) -> None:
-    """Entries naming one pattern all overlap each other. When the steps of such a clique form a
-    chain of dependencies (a pipeline that rewrites one file), no pair of them can conflict, so the
-    quadratic enumeration is skipped; one reachability pass checks every clique's chain at once."""
+    """Entries naming one pattern all overlap each other, so their steps conflict exactly where
+    they are unordered. Enumerating every pair would be quadratic (a pipeline of 10 000 steps that
+    rewrite one file), so: when the steps form a chain of dependencies, no pair conflicts (one
+    reachability pass checks every clique's chain at once); otherwise the unordered partners of each
+    writer are read off ancestor and descendant bitsets, in time proportional to the answer."""
+
+    def add(a: int, b: int) -> None:
+        key = (e_step[a], e_step[b]) if e_step[a] < e_step[b] else (e_step[b], e_step[a])
+        old = candidates.get(key)
+        if old is None or (e_kind[b] == "w" and e_kind[old[0]] != e_kind[old[1]]):
+            candidates[key] = (a, b)
+
     chains: dict[int, list[tuple[int, int]]] = {}
     for c, entries in enumerate(cliques):
         steps = sorted({e_step[e] for e in entries}, key=topo_pos.__getitem__)
         if len(steps) > 2 and sum(e_kind[e] == "w" for e in entries) > 1:
             chains[c] = [(min(a, b), max(a, b)) for a, b in zip(steps, steps[1:])]
-    links = {p for ps in chains.values() for p in ps}
-    ordered = _ordered_pairs(g, topo, topo_pos, links) if links else set()
-    for c, entries in enumerate(cliques):
-        if c in chains and all(p in ordered for p in chains[c]):
-            continue                            # a chain: every pair is ordered by transitivity
-        for a in entries:
+        else:                                   # at most one writer or two steps: few pairs
+            for a in entries:
+                if e_kind[a] == "w":
+                    for b in entries:
+                        if e_step[a] != e_step[b] and (e_kind[b] == "r" or a < b):
+                            add(a, b)
+    if not chains:
+        return
+    ordered = _ordered_pairs(g, topo, topo_pos, {p for ps in chains.values() for p in ps})
+    hard = [c for c, links in chains.items() if not all(p in ordered for p in links)]
+    if not hard:
+        return
+    nodes = {e_step[e] for c in hard for e in cliques[c]}
+    bit, anc, desc = _reach_bits(g, topo, nodes)
+    node_of = {b: n for n, b in bit.items()}
+    for c in hard:
+        by_step: dict[int, list[int]] = {}
+        for e in cliques[c]:
+            by_step.setdefault(e_step[e], []).append(e)
+        mask = 0
+        for n in by_step:
+            mask |= bit[n]
+        for a in cliques[c]:
             if e_kind[a] != "w":
                 continue
-            for b in entries:
-                sa, sb = e_step[a], e_step[b]
-                if sa != sb and (e_kind[b] == "r" or a < b):
-                    key = (sa, sb) if sa < sb else (sb, sa)
-                    old = candidates.get(key)
-                    if old is None or (e_kind[b] == "w" and e_kind[old[0]] != e_kind[old[1]]):
-                        candidates[key] = (a, b)
+            n = e_step[a]
+            free = mask & ~(anc[n] | desc[n] | bit[n])
+            while free:
+                low = free & -free
+                free ^= low
+                for b in by_step[node_of[low]]:
+                    add(a, b)
+
+
+def _reach_bits(g: _Graph, topo: list[int], nodes: set[int]
+                ) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
+    """For each of `nodes`: a bit, and the bitsets of its ancestors and descendants among them."""
+    bit = {n: 1 << k for k, n in enumerate(sorted(nodes))}
+    anc: dict[int, int] = {}
+    desc: dict[int, int] = {}
+    for result, edges, at, back, back_at, sweep in (
+            (anc, g.deps, g.dep_at, g.users, g.user_at, topo),
+            (desc, g.users, g.user_at, g.deps, g.dep_at, topo[::-1])):
+        pending = [back_at[i + 1] - back_at[i] for i in range(len(topo))]
+        live: dict[int, int] = {}
+        for n in sweep:
+            acc = 0
+            for d in edges[at[n]:at[n + 1]]:
+                acc |= live.get(d, 0) | bit.get(d, 0)
+                pending[d] -= 1
+                if pending[d] == 0:
+                    live.pop(d, None)
+            if n in bit:
+                result[n] = acc
+            if acc and pending[n]:
+                live[n] = acc
+    return bit, anc, desc
 
 
 def _ordered_pairs(g: _Graph, topo: list[int], topo_pos: list[int], pairs: set[tuple[int, int]]

@@ -78,6 +78,9 @@ def load_by_id(ws_id: str, workstreams_dir: str | os.PathLike[str], *, project_r
         except OSError:
             available = []
         listing = ", ".join(available) if available else "none"
+        if not directory.is_dir():
+            raise ValidationError(f"no workstream file {path}: the directory {directory} does "
+                                  "not exist", hint="give --workstreams-dir or a FILE")
         raise ValidationError(f"no workstream file {path} (available: {listing})",
                               hint=_did_you_mean(ws_id, available))
     return load_workstream(path, project_root=project_root, expected_id=ws_id, environ=environ,
@@ -114,7 +117,8 @@ def parse_workstream(text: str, source: str, *, project_root: Path | str,
     doc = _Doc(text, source)
     # Loading allocates hundreds of thousands of containers that all stay alive; the cyclic garbage
     # collector would rescan them over and over (a third of the time on a 100 000-step file) and
-    # can find nothing to free. Nothing here makes reference cycles, so pause it while we build.
+    # find nothing to free. Pause it while we build; the few cycles made on the error path
+    # (jsonschema errors point at their parents) are collected once it is back on.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -166,6 +170,7 @@ class _Doc:
                                           hint=issue.hint))
         first = errors[0]
         if len(errors) == 1:
+            first.errors = errors  # type: ignore[attr-defined]
             raise first
         rest = [str(e) for e in errors[1:]]
         if len(placed) > MAX_ERRORS:
@@ -229,7 +234,8 @@ def _locate(text: str, paths: Iterable[JPath]) -> tuple[dict[JPath, int], dict[J
 
 def _key_at(text: str, pos: int) -> tuple[str, int]:
     m = _STRING.match(text, pos)
-    assert m is not None
+    if m is None:
+        raise ValueError("a key was expected")
     raw = m.group()
     key = json.loads(raw) if "\\" in raw else raw[1:-1]
     pos = _WS.match(text, m.end()).end() + 1           # past the ':'
@@ -274,14 +280,16 @@ def _scan(text: str, wanted: set[JPath], *, find_duplicate: bool,
                 if text[pos] in "}]":
                     pos += 1
                 else:
-                    frame = [path, is_obj, 0, set()]
+                    frame = [path, is_obj, 0, set() if find_duplicate else None]
                     stack.append(frame)
                     if is_obj:
                         start = pos
                         key, pos = _key_at(text, pos)
-                        frame[3].add(key)
                         path = frame[0] + (key,)
-                        keys[path] = start
+                        if find_duplicate:
+                            frame[3].add(key)
+                        elif path in wanted:
+                            keys[path] = start
                     else:
                         path = frame[0] + (0,)
                     continue
@@ -299,11 +307,13 @@ def _scan(text: str, wanted: set[JPath], *, find_duplicate: bool,
                 if frame[1]:
                     start = pos
                     key, pos = _key_at(text, pos)
-                    if find_duplicate and key in frame[3]:
-                        return found, (frame[0] + (key,), start)
-                    frame[3].add(key)
                     path = frame[0] + (key,)
-                    keys[path] = start
+                    if find_duplicate:
+                        if key in frame[3]:
+                            return found, (path, start)
+                        frame[3].add(key)
+                    elif path in wanted:
+                        keys[path] = start
                 else:
                     frame[2] += 1
                     path = frame[0] + (frame[2],)

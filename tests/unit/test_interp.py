@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator.errors import ValidationError
 from orchestrator.interp import (InterpolationError, format_json_path, interpolate_execution,
@@ -119,3 +121,25 @@ def test_task_references():
     text = "cp ${steps.a.outputs.path} ${steps.b-2.outputs.k_1} ${workstream.id} ${HOME}"
     assert task_references(text) == [("a", "path"), ("b-2", "k_1")]
     assert task_references("nothing here") == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="${}env.:-='\"!XAB_ 1", max_size=24))
+@pytest.mark.timeout(60)
+def test_any_execution_string_gives_a_value_or_a_validation_error(text):
+    try:
+        interpolate_execution({"k": [text]}, {"X": "1", "A": ""})
+    except ValidationError as e:
+        assert e.where == "execution.k[0]"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="${}steps.outputs.abk-_ HOME", max_size=40))
+@pytest.mark.timeout(60)
+def test_any_task_string_substitutes_or_raises_an_interpolation_error(text):
+    try:
+        out = substitute_task(text, outputs={"a": {"k": "v"}}, ws_id="w", run_id="r", run_dir="d")
+    except InterpolationError:
+        return
+    if "${" not in text:
+        assert out == text
