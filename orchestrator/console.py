@@ -155,7 +155,7 @@ class PlainReporter(Reporter):
         if not self._stream_ok:
             return
         try:
-            print(text, file=self.out, flush=True)
+            print(_ANSI.sub("", text), file=self.out, flush=True)   # whatever a step put in its error
         except (OSError, ValueError):   # a closed pipe or stream: the run goes on without us
             self._stream_ok = False
 

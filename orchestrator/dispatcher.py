@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import select
 import signal
 import threading
@@ -37,6 +38,7 @@ from .scheduler import Scheduler
 from .store import RunStore, new_run_id
 
 STATE_FLUSH_INTERVAL = 0.2
+_PLACEHOLDER = re.compile(r"\{(task|step_id|ws_id|files)\}")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -110,6 +112,8 @@ class Dispatcher:
         self._last_flush = 0.0
         self._cancel_at: float | None = None
         self._next_tick = 0.0
+        self._exit_codes: dict[int, int | None] = {}
+        self._task_counts: dict[str, int] = {}
         self.status = "running"
         self.interrupted = False
         self.secrets = secret_values([os.environ, options.extra_env, *[s.env for s in ws.steps],
@@ -321,6 +325,7 @@ class Dispatcher:
             self.pool.replace()
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         self.inflight[sid] = (attempt, fut)
+        self._task_counts[sid] = len(spec.tasks)
         self._dirty = True
 
     def _on_done(self, sid: str, attempt: int, fut: Future) -> None:
@@ -375,13 +380,14 @@ class Dispatcher:
             return Task(label=text, argv=("/bin/sh", "-c", text))
         t = self.ws.tools[tool]
         files = list(self.ws.step(sid).files_scope.writes)
+        values = {"task": text, "step_id": sid, "ws_id": self.ws.id, "files": " ".join(files)}
         argv: list[str] = []
         for part in t.command:
             if part == "{files}":
                 argv.extend(files)
                 continue
-            argv.append(part.replace("{task}", text).replace("{step_id}", sid)
-                        .replace("{ws_id}", self.ws.id).replace("{files}", " ".join(files)))
+            # one pass over the template, so braces inside the task itself are never expanded
+            argv.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], part))
         return Task(label=text, argv=tuple(argv))
 
     # --- results -----------------------------------------------------------------------------------
@@ -412,6 +418,8 @@ class Dispatcher:
                 rec.worker = f"local:{ev[3]}"
                 if rec.started_at is None and len(ev) > 4:
                     rec.started_at = ev[4]
+                count = self._task_counts.get(sid, 0)
+                rec.task_index, rec.task_count = (1, count) if count else (None, None)
                 self._dirty = True
             elif kind == "task":
                 self.records[sid].task_index, self.records[sid].task_count = ev[2], ev[3]
@@ -444,24 +452,34 @@ class Dispatcher:
     def _lost(self, sid: str, attempt: int, status: StepStatus, error: str) -> StepResult:
         t = self.wall()
         rec = self.records[sid]
-        return StepResult(sid, attempt, status, error=error, started_at=t if rec.started_at is None
-                          else max(rec.started_at, t - 0.0), finished_at=t, worker=rec.worker or "")
+        start = rec.started_at if rec.started_at is not None else t
+        return StepResult(sid, attempt, status, error=error, started_at=start, finished_at=t,
+                          worker=rec.worker or "")
 
     def _recover(self, broken: list[tuple[str, int]], now: float) -> None:
-        """A pool worker died: blame the step it ran, replace the pool, restart the others."""
-        codes = self.pool.exit_codes()
-        dead = {pid: code for pid, code in codes.items()
-                if code is not None and code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM)}
-        # orphans of the dead worker's step were adopted by us (we are a subreaper): end them
-        live_workers = {pid for pid, code in codes.items() if code is None}
-        for pid in procs.children(os.getpid()):
-            if pid not in live_workers and pid not in codes:
+        """A pool worker died: blame the step it ran, replace the pool, restart the others.
+
+        The futures of one broken pool may reach us over several wakeups; exit codes of the old
+        pool's workers are kept so that each one is judged against the pool it ran on.
+        """
+        if self.pool.broken:
+            codes = self.pool.exit_codes()
+            self._exit_codes.update(codes)
+            # orphans of the dead worker's step were adopted by us (we are a subreaper): end them
+            workers = set(codes)
+            orphans = [pid for pid in procs.children(os.getpid()) if pid not in workers]
+            for pid in orphans:
                 procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
-                try:
-                    os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-        self.pool.replace()
+            # reap them (and descendants that re-parented to us meanwhile), never a pool worker
+            for pid in procs.children(os.getpid()):
+                if pid not in workers and not procs.pid_alive(pid):
+                    try:
+                        os.waitpid(pid, 0)
+                    except ChildProcessError:
+                        pass
+            self.pool.replace()
+        dead = {pid: code for pid, code in self._exit_codes.items()
+                if code is not None and code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM)}
         for sid, attempt in broken:
             del self.inflight[sid]
             pid = self.worker_pid.get(sid)
@@ -470,11 +488,13 @@ class Dispatcher:
                 why = (f"worker process died (signal {-code})" if code is not None and code < 0
                        else f"worker process died (exit code {code})" if code is not None
                        else "worker process died")
+                self._log_line(f"WORKER DIED pid={pid} while running {sid}: {why}")
                 self._record(self._lost(sid, attempt, StepStatus.FAILED, why), now)
             elif self.sched.stopping:
                 self._record(self._lost(sid, attempt, StepStatus.CANCELLED, "cancelled"), now)
             else:
-                self._log_line(f"STEP RESTART {sid} attempt={attempt}: the pool was replaced")
+                self._log_line(f"STEP RESTART {sid} attempt={attempt}: its worker was stopped when "
+                               f"another worker died; starting it again on a new pool")
                 self._submit(sid, now, restart=True)
 
     def _record(self, result: StepResult, now: float) -> None:

@@ -3,32 +3,21 @@
 A graph is `deps`, a mapping from each step id to the ids it depends on, plus `order`, the step ids in
 file order (the last tie-breaker everywhere, so every result is deterministic). Everything is
 iterative and O(V + E) (the order uses a heap, O((V + E) log V)), because a workstream of 100 000
-steps must validate in a second or two and Python's recursion limit is about 1000.
-
-File scopes are globs relative to the project root: `*`, `?` and `[...]` stay inside one path
-segment, a `**` segment matches any number of segments, and a pattern without a slash is anchored
-at the root (`*.py` is the top-level Python files). A pattern that names directories covers
-everything below them, as in gitignore: one written with a trailing `/`, or whose last segment has
-no dot (`src`, `build/*`); a last segment with a dot (`*.py`, `util.py`) names files, so that
-`**/*.md` does not overlap `src/util.py` through the impossible `src/util.py/x.md`. Two globs
-overlap when some path is matched by both; `glob_overlap` decides it exactly by searching the
-product of the two patterns' automata, first over path segments and then, for two single-segment
-globs, over characters (character classes are intervals of code points). `scope_conflicts` finds
-the pairs of steps that may run at the same time and touch overlapping files without comparing
-every pair of steps: literal paths go into a trie keyed by segment (a glob walks the trie, carrying
-its automaton state, and stops where the state dies), globs are compared only with globs whose
-literal prefix is compatible, and reachability is answered for the candidate pairs only, with
-bitsets propagated once in topological order.
+steps must validate in a second or two and Python's recursion limit is about 1000. File scopes are
+globs, read and compared by `globs` (`glob_overlap` and `normalize_glob` are re-exported here).
+`scope_conflicts` finds the pairs of steps that may run at the same time and touch overlapping
+files without comparing every pair of steps: literal paths go into a trie keyed by segment (a glob
+walks the trie, carrying its automaton state, and stops where the state dies), globs are compared
+only with globs whose literal prefix is compatible, and reachability is answered for the candidate
+pairs only, with bitsets propagated once in topological order.
 """
 from __future__ import annotations
 
-import functools
 import heapq
-import re
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from .globs import GlobNFA, glob_overlap, is_directory, is_literal, literal_prefix, normalize_glob
 from .model import Workstream
 
 __all__ = ["Conflict", "critical_path", "dependents", "find_cycle", "glob_overlap", "normalize_glob",
@@ -190,285 +179,6 @@ def critical_path(deps: Mapping[str, Sequence[str]], order: Sequence[str],
         path.append(max(users, key=lambda i: (rp[i], -i)))
     return [g.names[i] for i in path], rp[best]
 
-
-# --- globs -----------------------------------------------------------------------------------------
-
-_MAX_CP = 0x10FFFF
-_SLASH = ord("/")
-_ANY = ((0, _SLASH - 1), (_SLASH + 1, _MAX_CP))    # `?`: any character but '/'
-_STAR = "*"
-_DSTAR = "**"
-_GLOB_CHARS = re.compile(r"[*?\[\\]")
-
-Intervals = tuple[tuple[int, int], ...]
-Token = Any                                        # _STAR or Intervals
-
-
-def normalize_glob(pattern: str) -> str:
-    """`./src//a/./b/` -> `src/a/b/`: drop `.` and empty segments and a leading `/`, collapse
-    `**/**`; a trailing `/` (it says "a directory") is kept."""
-    segs: list[str] = []
-    for seg in pattern.split("/"):
-        if seg in ("", "."):
-            continue
-        if seg == _DSTAR and segs and segs[-1] == _DSTAR:
-            continue
-        segs.append(seg)
-    text = "/".join(segs)
-    return text + "/" if text and pattern.endswith("/") and not text.endswith(_DSTAR) else text
-
-
-def _is_directory(pattern: str) -> bool:
-    """Does the pattern (normalised) name directories, and so cover everything below them?
-
-    Written with a trailing `/`, or a last segment without a dot (`src`, `build/*`): a directory.
-    A last segment with a dot (`*.py`, `util.py`) names files: `**/test_*.py` must not be taken to
-    overlap `src/util.py` just because `src/util.py/test_x.py` would be a path.
-    """
-    if not pattern or pattern.endswith("/"):
-        return True
-    return "." not in pattern.rsplit("/", 1)[-1]
-
-
-@functools.lru_cache(maxsize=65536)
-def _segments(pattern: str) -> tuple[str, ...]:
-    """A pattern's segments, plus a final `**` when it names directories (see `_is_directory`)."""
-    norm = normalize_glob(pattern)
-    segs = [s for s in norm.split("/") if s]
-    if _is_directory(norm) and (not segs or segs[-1] != _DSTAR):
-        segs.append(_DSTAR)
-    return tuple(segs)
-
-
-def _merge(iv: Iterable[tuple[int, int]]) -> Intervals:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(iv):
-        if lo > hi:
-            continue
-        if out and lo <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return tuple(out)
-
-
-def _intersect(a: Intervals, b: Intervals) -> Intervals:
-    out, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if lo <= hi:
-            out.append((lo, hi))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return tuple(out)
-
-
-def _complement(a: Intervals) -> Intervals:
-    out, start = [], 0
-    for lo, hi in a:
-        if lo > start:
-            out.append((start, lo - 1))
-        start = hi + 1
-    if start <= _MAX_CP:
-        out.append((start, _MAX_CP))
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=4096)
-def _tokens(seg: str) -> tuple[Token, ...]:
-    """One segment glob as tokens: `*`, or a set of characters (a literal is a one-char set)."""
-    toks: list[Token] = []
-    i, n = 0, len(seg)
-    while i < n:
-        c = seg[i]
-        i += 1
-        if c == "*":
-            if not toks or toks[-1] != _STAR:        # `**` inside a segment is just `*`
-                toks.append(_STAR)
-        elif c == "?":
-            toks.append(_ANY)
-        elif c == "\\" and i < n:
-            toks.append(((ord(seg[i]), ord(seg[i])),))
-            i += 1
-        elif c == "[":
-            j = i
-            negate = j < n and seg[j] in "!^"
-            j += negate
-            if j < n and seg[j] == "]":              # a leading ']' is a literal
-                j += 1
-            while j < n and seg[j] != "]":
-                j += 1
-            if j >= n:                               # no closing bracket: a literal '['
-                toks.append(((ord("["), ord("[")),))
-                continue
-            body = seg[i + negate:j]
-            i = j + 1
-            ranges: list[tuple[int, int]] = []
-            k = 0
-            while k < len(body):
-                lo = body[k]
-                if lo == "\\" and k + 1 < len(body):
-                    k += 1
-                    lo = body[k]
-                if k + 2 < len(body) and body[k + 1] == "-":
-                    ranges.append((ord(lo), ord(body[k + 2])))
-                    k += 3
-                else:
-                    ranges.append((ord(lo), ord(lo)))
-                    k += 1
-            iv = _merge(ranges)
-            toks.append(_intersect(_complement(iv) if negate else iv, _ANY))
-        else:
-            toks.append(((ord(c), ord(c)),))
-    return tuple(toks)
-
-
-def _pick(iv: Intervals) -> str:
-    """A readable character from a non-empty set, for example paths in messages."""
-    for ch in "xabcdefghijklmnopqrstuvwyz0123456789_-.XABCDEFGHIJKLMNOPQRSTUVWYZ":
-        o = ord(ch)
-        if any(lo <= o <= hi for lo, hi in iv):
-            return ch
-    lo = iv[0][0]
-    return chr(max(lo, 0x21)) if any(l <= 0x21 <= h for l, h in iv) else chr(lo)
-
-
-@functools.lru_cache(maxsize=65536)
-def _segment_overlap(a: str, b: str) -> str | None:
-    """A non-empty string matched by both segment globs, or None: 0-1 BFS over token positions."""
-    ta, tb = _tokens(a), _tokens(b)
-    start = (0, 0)
-    parent: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
-    queue: deque[tuple[int, int]] = deque([start])
-    goal = (len(ta), len(tb))
-    while queue:
-        state = queue.popleft()
-        if state == goal:
-            chars: list[str] = []
-            while parent[state] is not None:
-                state, ch = parent[state]  # type: ignore[misc]
-                chars.append(ch)
-            word = "".join(reversed(chars))
-            if ta and tb and ta[0] == _STAR and tb[0] == _STAR and not word[:1].isalnum():
-                word = "x" + word          # `a.py` reads better than the hidden `.py`; both fit
-            return word
-        i, j = state
-        x = ta[i] if i < len(ta) else None
-        y = tb[j] if j < len(tb) else None
-        moves: list[tuple[tuple[int, int], str, bool]] = []   # (next, char consumed, free move)
-        if x == _STAR:
-            moves.append(((i + 1, j), "", True))
-        if y == _STAR:
-            moves.append(((i, j + 1), "", True))
-        if x is not None and y is not None:
-            if x == _STAR and y != _STAR:
-                if y:                      # an empty class (`[/]`) matches nothing
-                    moves.append(((i, j + 1), _pick(y), False))
-            elif y == _STAR and x != _STAR:
-                if x:
-                    moves.append(((i + 1, j), _pick(x), False))
-            elif x != _STAR and y != _STAR:
-                both = _intersect(x, y)
-                if both:
-                    moves.append(((i + 1, j + 1), _pick(both), False))
-        for nxt, ch, free in moves:
-            if nxt not in parent:
-                parent[nxt] = (state, ch)
-                (queue.appendleft if free else queue.append)(nxt)
-    return None
-
-
-def glob_overlap(a: str, b: str) -> str | None:
-    """A path matched by both globs (a witness for messages), or None when they cannot meet."""
-    sa, sb = _segments(a), _segments(b)
-    start = (0, 0)
-    goal = (len(sa), len(sb))
-    parent: dict[tuple[int, int], tuple[tuple[int, int], str | None] | None] = {start: None}
-    queue: deque[tuple[int, int]] = deque([start])
-    while queue:
-        state = queue.popleft()
-        if state == goal:
-            segs: list[str] = []
-            while parent[state] is not None:
-                state, seg = parent[state]  # type: ignore[misc]
-                if seg is not None:
-                    segs.append(seg)
-            return "/".join(reversed(segs)) or "**"   # both cover the whole tree
-        i, j = state
-        x = sa[i] if i < len(sa) else None
-        y = sb[j] if j < len(sb) else None
-        moves: list[tuple[tuple[int, int], str | None]] = []  # (next, segment consumed; None: free)
-        if x == _DSTAR:
-            moves.append(((i + 1, j), None))
-        if y == _DSTAR:
-            moves.append(((i, j + 1), None))
-        if x is not None and y is not None:
-            seg: str | None = ""
-            if x == _DSTAR and y != _DSTAR:
-                seg, nxt = _segment_overlap(y, _STAR), (i, j + 1)
-            elif y == _DSTAR and x != _DSTAR:
-                seg, nxt = _segment_overlap(x, _STAR), (i + 1, j)
-            elif x != _DSTAR and y != _DSTAR:
-                seg, nxt = _segment_overlap(x, y), (i + 1, j + 1)
-            if seg:                         # None: no name fits both (an unsatisfiable segment)
-                moves.append((nxt, seg))
-        for nxt, seg in moves:
-            if nxt not in parent:
-                parent[nxt] = (state, seg)
-                (queue.appendleft if seg is None else queue.append)(nxt)
-    return None
-
-
-@functools.lru_cache(maxsize=65536)
-def _segment_regex(seg: str) -> re.Pattern[str]:
-    """A compiled matcher for one segment glob, built from the same tokens as the overlap search."""
-    parts = []
-    for tok in _tokens(seg):
-        if tok == _STAR:
-            parts.append("[^/]*")
-        else:
-            parts.append("[" + "".join(
-                f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in tok) + "]")
-    return re.compile("(?s:" + "".join(parts) + r")\Z")
-
-
-def _literal(pattern: str) -> bool:
-    return _GLOB_CHARS.search(pattern) is None
-
-
-class _GlobNFA:
-    """A glob (with its final `**` when it names directories) read one path segment at a time."""
-
-    def __init__(self, pattern: str) -> None:
-        self.segs = _segments(pattern)
-
-    def closure(self, states: Iterable[int]) -> frozenset[int]:
-        out = set()
-        for i in states:
-            out.add(i)
-            while i < len(self.segs) and self.segs[i] == _DSTAR:   # `**` may match nothing
-                i += 1
-                out.add(i)
-        return frozenset(out)
-
-    def accepts(self, states: frozenset[int]) -> bool:
-        return len(self.segs) in states
-
-    def step(self, states: frozenset[int], name: str) -> frozenset[int]:
-        nxt = []
-        for i in states:
-            if i >= len(self.segs):
-                continue
-            seg = self.segs[i]
-            if seg == _DSTAR:
-                nxt.append(i)
-            elif _segment_regex(seg).match(name):
-                nxt.append(i + 1)
-        return self.closure(nxt) if nxt else frozenset()
-
-
 # --- scope conflicts --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -515,16 +225,6 @@ class _Trie:
         for seg in segs:
             node = node.children.setdefault(seg, _Trie())
         return node
-
-
-def _literal_prefix(pattern: str) -> tuple[str, ...]:
-    """The leading segments that contain no wildcard: the only place a glob's matches can start."""
-    out = []
-    for seg in normalize_glob(pattern).split("/"):
-        if not seg or not _literal(seg):
-            break
-        out.append(seg)
-    return tuple(out)
 
 
 def scope_conflicts(ws: Workstream) -> list[Conflict]:
@@ -581,13 +281,13 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
 
     literal_trie, glob_trie = _Trie(), _Trie()
     globs: list[int] = []
-    u_dir = [_is_directory(p) for p in u_pat]
+    u_dir = [is_directory(p) for p in u_pat]
     for u, pat in enumerate(u_pat):
-        if _literal(pat):
+        if is_literal(pat):
             literal_trie.node([x for x in pat.split("/") if x]).entries.append(u)
         else:
             globs.append(u)
-            glob_trie.node(_literal_prefix(pat)).entries.append(u)
+            glob_trie.node(literal_prefix(pat)).entries.append(u)
 
     g = _Graph({s.id: s.depends_on for s in ws.steps}, [s.id for s in ws.steps])
     topo = g.topo()
@@ -613,7 +313,7 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
 
     # Glob vs literal: walk the trie with the glob's automaton; a dead state prunes the subtree.
     for u in globs:
-        nfa = _GlobNFA(u_pat[u])
+        nfa = GlobNFA(u_pat[u])
         walk: list[tuple[_Trie, frozenset[int]]] = [(literal_trie, nfa.closure([0]))]
         while walk:
             node, states = walk.pop()
@@ -630,7 +330,7 @@ def scope_conflicts(ws: Workstream) -> list[Conflict]:
     # Glob vs glob: only globs whose literal prefixes lie on one path of the prefix trie can meet.
     for u in globs:
         node = glob_trie
-        prefix = _literal_prefix(u_pat[u])
+        prefix = literal_prefix(u_pat[u])
         for depth in range(len(prefix) + 1):
             for v in node.entries:
                 if depth == len(prefix) and v >= u:

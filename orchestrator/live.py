@@ -29,7 +29,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from .console import TICK_INTERVAL, PlainReporter
+from .console import _ANSI, TICK_INTERVAL, PlainReporter
 from .model import StepStatus, Workstream
 from .records import StepRecord
 from .report import SYMBOLS, human_duration
@@ -148,7 +148,7 @@ class LiveReporter(PlainReporter):
     # --- output ------------------------------------------------------------------------------------
     def _say(self, text: str) -> None:
         if self.live is not None:
-            self._pending.append(text)           # written with the next redraw, above the live area
+            self._pending.append(_ANSI.sub("", text))   # written with the next redraw, above the area
         else:
             super()._say(text)
 

@@ -39,6 +39,10 @@ class LocalPool:
         fut.add_done_callback(callback)
         return fut
 
+    @property
+    def broken(self) -> bool:
+        return bool(self.executor is not None and getattr(self.executor, "_broken", False))
+
     def worker_pids(self) -> list[int]:
         return list(self._procs or {})
 

@@ -117,14 +117,11 @@ class LogSink:
 
     def write(self, data: bytes, final: bool = False) -> None:
         if self.secrets:
-            data = self.pending + data
-            # keep back what could be the start of a secret cut by the chunk boundary
+            # mask the whole buffer, then keep back its last bytes: they may be the start of a
+            # secret that the next chunk completes (a secret starting earlier ends inside it)
+            data = self._mask(self.pending + data)
             keep = 0 if final else min(self.hold, len(data))
-            head, self.pending = data[:len(data) - keep], data[len(data) - keep:]
-            data = self._mask(head)
-            if final and self.pending:
-                data += self._mask(self.pending)
-                self.pending = b""
+            data, self.pending = data[:len(data) - keep], data[len(data) - keep:]
         if not data:
             return
         self.total += len(data)
@@ -212,7 +209,7 @@ def _spawn_python(task: Task, spec: StepSpec, env: dict[str, str], wfd: int, res
             blob = json.dumps({"ok": True, "value": value})
         except (TypeError, ValueError) as e:
             blob = json.dumps({"ok": False, "error": f"return value is not JSON-serialisable: {e}"})
-        with open(result_path, "w") as f:
+        with os.fdopen(os.open(result_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
             f.write(blob)
         code = 0
     except BaseException as e:  # the step's own failure: report it, never let it escape the fork
@@ -387,7 +384,7 @@ def _run_step(spec: StepSpec, started: float) -> StepResult:
     sink.note(f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===")
     env = dict(spec.env)
     env["ORCHESTRATOR_OUTPUT"] = spec.output_path
-    open(spec.output_path, "w").close()
+    os.close(os.open(spec.output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
     result_path = spec.output_path + ".return.json"
     status, error, exit_code, value = StepStatus.SUCCEEDED, None, 0, None
     rss, cpu = 0, 0.0
@@ -406,7 +403,7 @@ def _run_step(spec: StepSpec, started: float) -> StepResult:
             if ran.outcome == "timeout":
                 status, error = StepStatus.TIMED_OUT, f"timed out ({spec.timeout_reason}) {where}"
                 break
-            if ran.outcome == "cancelled":
+            if ran.outcome == "cancelled" or (ran.rc != 0 and _cancelled(spec, cancel_state)):
                 status, error = StepStatus.CANCELLED, f"cancelled {where}"
                 break
             if ran.rc != 0:
@@ -433,6 +430,10 @@ def _run_step(spec: StepSpec, started: float) -> StepResult:
             except OSError:
                 pass
     outputs: dict[str, Any] = dict(_read_outputs(spec.output_path))
+    try:  # the values now live in the (masked) state; the raw file may hold a secret
+        os.unlink(spec.output_path)
+    except OSError:
+        pass
     if isinstance(value, dict):
         outputs.update(value)
     elif value is not None:
@@ -463,7 +464,7 @@ def _acceptance(spec: StepSpec, env: dict[str, str], deadline: float, sink: LogS
             tests.append(TestResult(test.label, "timed_out", ran.rc, took, tail_text))
             status, error = StepStatus.TIMED_OUT, (
                 f"timed out ({spec.timeout_reason}) in acceptance test {i}: `{test.label}`")
-        elif ran.outcome == "cancelled":
+        elif ran.outcome == "cancelled" or (ran.rc != 0 and _cancelled(spec, cancel_state)):
             tests.append(TestResult(test.label, "cancelled", ran.rc, took, tail_text))
             status, error = StepStatus.CANCELLED, f"cancelled in acceptance test {i}: `{test.label}`"
         elif ran.rc != 0:
@@ -474,6 +475,14 @@ def _acceptance(spec: StepSpec, env: dict[str, str], deadline: float, sink: LogS
         else:
             tests.append(TestResult(test.label, "passed", 0, took, tail_text))
     return status, error, tests
+
+
+def _cancelled(spec: StepSpec, cancel_state: list) -> bool:
+    """Whether the run cancelled this step (a child killed by the dispatcher's second Ctrl-C dies
+    before the worker sees the flag: its death is the cancellation, not a failure)."""
+    if cancel_state[0] is None:
+        cancel_state[0] = (_cancel_probe or file_probe)(spec)
+    return cancel_state[0] is not None
 
 
 def _load_json(path: str) -> dict:

@@ -183,24 +183,30 @@ def test_run_exit_codes(make_workstream):
     assert invoke("run", "--ws-id", "ws-ok").exit_code == 0
 
 
-@pytest.mark.parametrize("flag", ["--fail-fast", "--on-failure=fail_all", "--sequential"])
-def test_command_line_options_override_the_file(make_workstream, project, flag):
+@pytest.mark.parametrize("flag", ["--fail-fast", "--on-failure=fail_all"])
+def test_fail_fast_options_override_the_file(make_workstream, project, marker, flag):
     path = make_workstream([
-        {"id": "a", "tasks": ["sleep 0.2; exit 1"]},
-        {"id": "b", "tasks": ["sleep 0.2"]},
+        {"id": "a", "timeout": 20, "tasks": ["while [ ! -f b.started ]; do sleep 0.02; done; exit 1"]},
+        {"id": "b", "tasks": [f"touch b.started; {sleeper(30, marker)}"]},
         {"id": "c", "tasks": ["true"]},
     ], execution={"max_workers": 2, "on_failure": "continue"})
-    result = invoke("run", str(path), flag)
+    result = invoke("run", str(path), flag, "--grace", "1")
     assert result.exit_code == 1, result.output
     summary = latest_summary(project)
     by = steps_by_id(summary)
-    if flag == "--sequential":
-        spans = sorted((s["start_offset_s"], s["end_offset_s"]) for s in summary["steps"])
-        assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans
-        assert [s["status"] for s in summary["steps"]] == ["failed", "succeeded", "succeeded"]
-    else:
-        assert summary["execution"]["on_failure"] == "fail_all"
-        assert by["a"]["status"] == "failed" and by["c"]["status"] == "skipped"
+    assert summary["execution"]["on_failure"] == "fail_all"
+    assert (by["a"]["status"], by["b"]["status"], by["c"]["status"]) == ("failed", "cancelled", "skipped")
+
+
+def test_sequential_option_overrides_the_file(make_workstream, project):
+    path = make_workstream([{"id": f"s{i}", "tasks": ["sleep 0.1"]} for i in range(3)],
+                           execution={"max_workers": 3})
+    result = invoke("run", str(path), "--sequential")
+    assert result.exit_code == 0, result.output
+    summary = latest_summary(project)
+    spans = sorted((s["start_offset_s"], s["end_offset_s"]) for s in summary["steps"])
+    assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:])), spans
+    assert summary["execution"]["max_workers"] == 1
 
 
 @pytest.mark.parametrize("how", ["option", "environment"])

@@ -32,14 +32,15 @@ WS = "ws-test"
 # --- helpers ----------------------------------------------------------------------------------------
 
 def sleeper(marker: str, *, ready: str | None = None, seconds: float = 60,
-            ignore_term: bool = False) -> str:
+            trap_term: str | None = None) -> str:
     """A shell task: a Python process carrying the marker that touches `ready`, then sleeps.
 
-    With `ignore_term` it ignores SIGTERM (installed before `ready` appears), so only SIGKILL ends it.
+    With `trap_term` it traps SIGTERM and carries on (touching that file each time it gets one), so
+    only SIGKILL ends it; the trap is in place before `ready` appears.
     """
     code = ["import pathlib, signal, time"]
-    if ignore_term:
-        code.append("signal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    if trap_term:
+        code.append(f"signal.signal(signal.SIGTERM, lambda *_: pathlib.Path({trap_term!r}).touch())")
     if ready:
         code.append(f"pathlib.Path({ready!r}).touch()")
     code.append(f"time.sleep({seconds})")
@@ -206,36 +207,63 @@ def test_an_interrupt_cancels_running_steps_keeps_the_rest_pending_and_exits_130
 
 # --- 2. a second Ctrl-C skips the grace ----------------------------------------------------------------
 
-def test_a_second_sigint_kills_steps_that_ignore_sigterm_without_waiting_for_the_grace(
-        cli, make_workstream, project, marker):
+def start_stubborn_steps(cli: Cli, make_workstream, project: Path, marker: str) -> subprocess.Popen:
+    """Two running steps that trap SIGTERM and carry on, under a 60 s grace."""
     make_workstream([
-        {"id": "a", "tasks": [sleeper(marker, ready="a.ready", seconds=120, ignore_term=True)]},
-        {"id": "b", "tasks": [sleeper(marker, ready="b.ready", seconds=120, ignore_term=True)]},
+        {"id": sid, "tasks": [sleeper(marker, ready=f"{sid}.ready", seconds=120, trap_term=f"{sid}.term")]}
+        for sid in ("a", "b")
     ], execution={"max_workers": 2})
     proc = cli.start("run", "--ws-id", WS, "--grace", "60")
     assert wait_until(lambda: (project / "a.ready").exists() and (project / "b.ready").exists()
                       and statuses(project) == {"a": "running", "b": "running"}, timeout=30), \
         cli.stderr(proc)
+    return proc
 
-    os.kill(proc.pid, signal.SIGINT)
-    log = ws_dir(project) / "orchestrator.log"
-    assert wait_until(lambda: log.exists() and "INTERRUPT" in log.read_text(), timeout=15), \
-        cli.stderr(proc)
-    # the steps ignore SIGTERM and the grace is 60 s: they are still alive, the run still going
-    assert stray_processes(marker)
-    assert proc.poll() is None
 
-    os.kill(proc.pid, signal.SIGINT)
+def assert_killed_by_the_second_sigint(cli: Cli, proc: subprocess.Popen, project: Path, marker: str):
     # 20 s is far below the 60 s grace: exiting within it shows the grace was skipped
     code = wait_exit(proc, 20, "the second SIGINT did not skip the 60 s grace")
-
     stderr = cli.stderr(proc)
     assert code == 130, stderr
     assert "Traceback" not in stderr
+    assert_nothing_left(marker, proc)
     summary = read_summary(project)
     assert summary["status"] == "interrupted"
-    assert {s["id"]: s["status"] for s in summary["steps"]} == {"a": "cancelled", "b": "cancelled"}
-    assert_nothing_left(marker, proc)
+    assert json.loads((latest(project) / "state.json").read_text())["status"] == "interrupted"
+    # what stopped them was the interrupt: the records must not say they failed
+    assert {s["id"]: (s["status"], s["error"]) for s in summary["steps"]
+            if s["status"] != "cancelled"} == {}
+
+
+def test_a_second_sigint_kills_steps_that_ignore_sigterm_without_waiting_for_the_grace(
+        cli, make_workstream, project, marker):
+    proc = start_stubborn_steps(cli, make_workstream, project, marker)
+
+    os.kill(proc.pid, signal.SIGINT)
+    # both steps got their SIGTERM (the graceful stop is under way) and shrugged it off
+    assert wait_until(lambda: (project / "a.term").exists() and (project / "b.term").exists(),
+                      timeout=15), orchestrator_log(project)
+    sleepers = [p for p in stray_processes(marker) if p.info["cmdline"][:2] == [sys.executable, "-c"]]
+    assert len(sleepers) == 2
+    assert proc.poll() is None
+
+    os.kill(proc.pid, signal.SIGINT)
+    assert_killed_by_the_second_sigint(cli, proc, project, marker)
+
+
+def test_a_quick_double_ctrl_c_still_records_the_running_steps_as_cancelled(
+        cli, make_workstream, project, marker):
+    """The second SIGINT follows the first as soon as the orchestrator has logged it (a user hitting
+    Ctrl-C twice), before the workers have necessarily seen the first cancel flag."""
+    proc = start_stubborn_steps(cli, make_workstream, project, marker)
+    log = ws_dir(project) / "orchestrator.log"
+
+    os.kill(proc.pid, signal.SIGINT)
+    # the first one was handled (not merged with the second by the kernel or by Python)
+    assert wait_until(lambda: "INTERRUPT SIGINT" in log.read_text(), timeout=15, interval=0.001), \
+        cli.stderr(proc)
+    os.kill(proc.pid, signal.SIGINT)
+    assert_killed_by_the_second_sigint(cli, proc, project, marker)
 
 
 # --- 3. a pool worker killed mid-step -----------------------------------------------------------------

@@ -188,11 +188,13 @@ def test_fail_all_cancels_the_running_sibling_and_kills_its_tree(make_workstream
 
 
 def test_complete_running_lets_the_running_step_finish_and_starts_nothing_more(make_workstream, run_workstream):
+    # b ends only once the orchestrator has recorded a's failure, so the policy is in force while b
+    # still runs (and the slot b frees cannot go to c)
+    a_recorded = 'grep -q "STEP END a " "${run.dir}/../../orchestrator.log"'
     path = make_workstream([
-        {"id": "b", "tasks": ["touch b.started; while [ ! -f a.failed ]; do sleep 0.02; done; sleep 0.2"],
+        {"id": "b", "tasks": [f"touch b.started; until {a_recorded}; do sleep 0.02; done; sleep 0.1"],
          "timeout": 20},
-        {"id": "a", "tasks": ["while [ ! -f b.started ]; do sleep 0.02; done; touch a.failed; exit 1"],
-         "timeout": 20},
+        {"id": "a", "tasks": ["while [ ! -f b.started ]; do sleep 0.02; done; exit 1"], "timeout": 20},
         {"id": "c", "tasks": ["echo never"]},
     ], execution={"max_workers": 2, "on_failure": "complete_running"})
     outcome, summary = run_workstream(path)
@@ -266,7 +268,10 @@ def test_run_timeout_cancels_the_running_step_and_skips_the_rest(make_workstream
 # --- rate limit and retries -------------------------------------------------------------------------
 
 def test_rate_limit_delay_spaces_the_starts(make_workstream, run_workstream):
-    path = make_workstream(sh_steps(4, "true"), execution={"max_workers": 4, "rate_limit_delay": 0.3})
+    # `warm` has the pool's first worker started before the spaced steps, so no process start-up
+    # sits between one step's start and the next (each quick step finds that worker idle again)
+    steps = [{"id": "warm", "tasks": ["true"]}] + sh_steps(4, "true", depends_on=["warm"])
+    path = make_workstream(steps, execution={"max_workers": 4, "rate_limit_delay": 0.3})
     outcome, summary = run_workstream(path)
 
     assert outcome.exit_code == 0
@@ -467,8 +472,7 @@ def test_acceptance_tests_decide_success(make_workstream, run_workstream):
     assert "nope" in (outcome.run_dir / "steps" / "bad.log").read_text()
 
     root = ET.parse(outcome.run_dir / "junit.xml").getroot()
-    cases = root.iter("testcase")
-    cases = list(cases)
+    cases = list(root.iter("testcase"))
     assert len(cases) == 4
     assert int(root.get("tests")) == 4 and int(root.get("failures")) == 1
     failed = [c for c in cases if c.find("failure") is not None]

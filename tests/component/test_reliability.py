@@ -382,10 +382,6 @@ def test_secret_values_never_reach_a_file_under_worktrees(make_workstream, proje
     assert by["fails"]["status"] == "failed"
     assert by["raises"]["status"] == "failed" and "***" in by["raises"]["error"]
     assert by["bad-test"]["status"] == "failed"
-    show_log = (run_dir / "steps" / "show.log").read_text()
-    assert "token=*** password=***" in show_log and "to stderr: ***" in show_log
-    assert "***" in (run_dir / "steps" / "split.log").read_text()
-
     leaks = []
     for dirpath, _, files in os.walk(project / ".worktrees"):
         for name in files:
@@ -396,7 +392,10 @@ def test_secret_values_never_reach_a_file_under_worktrees(make_workstream, proje
             for secret in (TOKEN, PASSWORD):
                 if secret.encode() in blob:
                     leaks.append((str(path.relative_to(project)), secret))
-    assert not leaks, leaks
+    assert not leaks, "secrets written under .worktrees:\n" + "\n".join(f"{f}: {v}" for f, v in leaks)
+    show_log = (run_dir / "steps" / "show.log").read_text()
+    assert "token=*** password=***" in show_log and "to stderr: ***" in show_log
+    assert "***" in (run_dir / "steps" / "split.log").read_text()
 
 
 # --- 6. permissions ----------------------------------------------------------------------------------
@@ -431,4 +430,4 @@ def test_run_directories_are_0700_and_files_0600(make_workstream, run_workstream
             mode = stat.S_IMODE(p.stat().st_mode)
             if mode != 0o600:
                 wrong.append((str(p.relative_to(project)), oct(mode)))
-    assert not wrong, wrong
+    assert not wrong, "wrong modes:\n" + "\n".join(f"{f}: {m}" for f, m in wrong)

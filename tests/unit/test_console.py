@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import re
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -337,3 +336,10 @@ def test_render_view_caps_the_running_rows():
     console.print(view)
     text = console.file.getvalue()
     assert "s03" in text and "s04" not in text and "… and 26 more" in text
+
+
+def test_escape_codes_in_an_error_never_reach_plain_lines(tmp_path):
+    out = io.StringIO()
+    r = PlainReporter(out, wall=lambda: T0)
+    r.step_finished(record("a", StepStatus.FAILED, duration=1, error="exit code 1: \x1b[31mboom\x1b[0m"), 1, 1)
+    assert "\x1b" not in out.getvalue() and "✗ a (exit code 1: boom)" in out.getvalue()
