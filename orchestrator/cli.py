@@ -119,7 +119,7 @@ def _positive_workers(ctx, param, value):
 @click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786.")
 @click.option("--worktrees-dir", metavar="DIR", help="Where run directories go (default ./.worktrees).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final summary line.")
-@click.option("-v", "--verbose", is_flag=True, help="Also each step's start.")
+@click.option("-v", "--verbose", is_flag=True, help="Also stream each step's output, prefixed [step-id].")
 def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_failure, on_conflict,
         dry_run, resume, force, grace, executor, scheduler, worktrees_dir, quiet, verbose) -> None:
     if quiet and verbose:
