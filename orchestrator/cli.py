@@ -131,8 +131,10 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
         max_workers = 1
     policy = OnFailure.FAIL_ALL if fail_fast else (OnFailure(on_failure) if on_failure else None)
     chosen_executor = executor or ws.execution.executor
-    if chosen_executor != "process":
-        raise UsageError(f"executor {chosen_executor!r} is not available in this version; use 'process'")
+    pool_factory = None
+    if chosen_executor == "dask":
+        from .dask_pool import dask_pool_factory
+        pool_factory = dask_pool_factory(scheduler or ws.execution.scheduler_address)
     if dry_run:
         click.echo(_plan_text(ws, max_workers, on_conflict))
         return
@@ -143,8 +145,9 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
     become_subreaper()
     opts = RunOptions(project_root=_project_root(), worktrees=_worktrees(worktrees_dir),
                       max_workers=max_workers, on_failure=policy, on_conflict=on_conflict, grace=grace,
-                      resume=resume, force=force)
-    outcome = Dispatcher(ws, opts, reporter=make_reporter(quiet=quiet, verbose=verbose, stream=sys.stderr)).run()
+                      resume=resume, force=force, executor=chosen_executor,
+                      scheduler_address=scheduler or ws.execution.scheduler_address)
+    outcome = Dispatcher(ws, opts, pool_factory=pool_factory, reporter=make_reporter(quiet=quiet, verbose=verbose, stream=sys.stderr)).run()
     sys.exit(outcome.exit_code)
 
 

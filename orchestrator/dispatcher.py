@@ -54,6 +54,8 @@ class RunOptions:
     force: bool = False
     priorities: dict[str, float] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    executor: str | None = None          # overrides execution.executor (for the records)
+    scheduler_address: str | None = None
 
 
 @dataclass
@@ -85,7 +87,7 @@ class Reporter:
 
 class Dispatcher:
     def __init__(self, ws: Workstream, options: RunOptions, *,
-                 pool_factory: Callable[[int, int | None], Any] | None = None,
+                 pool_factory: Callable[[int, int | None, "Dispatcher"], Any] | None = None,
                  reporter: Reporter | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time):
@@ -164,6 +166,10 @@ class Dispatcher:
         d.update(max_workers=self.workers, on_failure=self.on_failure.value,
                  parallel=self.ws.execution.parallel and self.workers > 1,
                  on_conflict=self.opt.on_conflict, grace=self.opt.grace)
+        if self.opt.executor:
+            d["executor"] = self.opt.executor
+        if self.opt.scheduler_address:
+            d["scheduler_address"] = self.opt.scheduler_address
         return d
 
     # --- the run -----------------------------------------------------------------------------------
@@ -203,7 +209,7 @@ class Dispatcher:
             os.set_blocking(fd, False)
         self._wake_w = wake_w
         old_handlers = self._install_signals(wake_w)
-        self.pool = self.pool_factory(self.workers, prog_w)
+        self.pool = self.pool_factory(self.workers, prog_w, self)
         run_deadline = self.t0 + self.ws.execution.run_timeout if self.ws.execution.run_timeout else None
         partial = b""
         try:
@@ -291,11 +297,11 @@ class Dispatcher:
                 self.reporter.message(f"{name}: stopping running steps (grace {self.opt.grace:g}s; "
                                       f"press Ctrl-C again to kill them now)")
                 self._apply(self.sched.stop(f"interrupted by {name}", interrupted=True))
-                self.store.cancel("all")
+                self._cancel("all")
                 self._cancel_at = self.clock()
             else:
                 self._log_line(f"INTERRUPT {name} again: killing running steps now")
-                self.store.cancel("now")
+                self._cancel("now")
                 self._kill_workers_trees(grace=0.0)
 
     # --- starting ----------------------------------------------------------------------------------
@@ -373,7 +379,8 @@ class Dispatcher:
                         project_root=str(self.opt.project_root), timeout=timeout, timeout_reason=reason,
                         log_path=str(store.step_log(sid)), output_path=str(store.step_output(sid)),
                         grace=self.opt.grace, max_log_bytes=ws.execution.max_log_bytes,
-                        secrets=self.secrets, cancel_dir=str(store.cancel_dir))
+                        secrets=self.secrets, cancel_dir=str(store.cancel_dir),
+                        resources=dict(step.resources))
 
     def _task(self, tool: str, text: str, sid: str) -> Task:
         if tool == SHELL:
@@ -533,7 +540,7 @@ class Dispatcher:
             self._log_line(f"STEP {ch.status.value.upper()} {ch.step_id}: {ch.reason}")
             self.reporter.step_changed(ch.step_id, ch.status, ch.reason)
         for sid in outcome.cancel:
-            self.store.cancel(sid)
+            self._cancel(sid)
             if self._cancel_at is None:
                 self._cancel_at = self.clock()
         self._dirty = True
@@ -552,6 +559,12 @@ class Dispatcher:
                 if pid:
                     self._log_line(f"STEP BACKSTOP {sid}: worker {pid} stopped answering; killing it")
                     procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
+
+    def _cancel(self, what: str) -> None:
+        """Raise a cancel flag: "all", "now" or a step id. Local workers read the run's .cancel/
+        files; a remote pool forwards the flag its own way."""
+        self.store.cancel(what)
+        self.pool.cancel(what)
 
     def _kill_workers_trees(self, grace: float) -> None:
         for pid in self.pool.worker_pids():
@@ -627,7 +640,7 @@ class Dispatcher:
             self.store.close()
 
 
-def _local_pool(workers: int, progress_fd: int | None):
+def _local_pool(workers: int, progress_fd: int | None, dispatcher: "Dispatcher"):
     from .pool import LocalPool
     return LocalPool(workers, progress_fd)
 

@@ -240,6 +240,7 @@ class StepSpec:
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
     secrets: tuple[str, ...] = ()                # values masked as *** in the log
     cancel_dir: str = ""                         # local runs: the run's cancel flags live here
+    resources: Mapping[str, float] = field(default_factory=dict)   # Dask worker resources
 
 
 @dataclass(frozen=True)

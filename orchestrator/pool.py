@@ -39,6 +39,9 @@ class LocalPool:
         fut.add_done_callback(callback)
         return fut
 
+    def cancel(self, what: str) -> None:
+        """Local workers read the run's .cancel/ files, which the store writes: nothing to do."""
+
     @property
     def broken(self) -> bool:
         return bool(self.executor is not None and getattr(self.executor, "_broken", False))
