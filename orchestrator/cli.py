@@ -136,7 +136,7 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
         from .dask_pool import dask_pool_factory
         pool_factory = dask_pool_factory(scheduler or ws.execution.scheduler_address)
     if dry_run:
-        click.echo(_plan_text(ws, max_workers, on_conflict))
+        click.echo(_plan_text(ws, max_workers, on_conflict, worktrees_dir))
         return
     from .console import make_reporter
     from .dispatcher import Dispatcher, RunOptions
@@ -151,11 +151,14 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
     sys.exit(outcome.exit_code)
 
 
-def _plan_text(ws: Workstream, max_workers: int | None, on_conflict: str) -> str:
+def _plan_text(ws: Workstream, max_workers: int | None, on_conflict: str,
+               worktrees_dir: str | None = None) -> str:
     from .scheduler import simulate
     from .status_view import render_plan
+    from .history import durations as expected_durations
+    from .store import RunStore
     deps = {s.id: list(s.depends_on) for s in ws.steps}
-    durations = {s.id: s.estimated_duration if s.estimated_duration is not None else 1.0 for s in ws.steps}
+    durations = expected_durations(ws, RunStore(_worktrees(worktrees_dir), ws.id).read_history())
     prio = graphmod.remaining_path(deps, ws.step_ids, durations)
     serialize = ([(c.step_a, c.step_b) for c in graphmod.scope_conflicts(ws)]
                  if on_conflict == "serialize" else [])

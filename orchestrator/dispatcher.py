@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import graph, procs
+from . import graph, history, procs
 from .errors import UsageError
 from .interp import InterpolationError, substitute_task
 from .model import (OnFailure, PYTHON, SHELL, StepResult, StepSpec, StepStatus, Task, Workstream)
@@ -177,8 +177,7 @@ class Dispatcher:
         kept = self._prepare()
         ws = self.ws
         try:
-            durations = {s.id: (s.estimated_duration if s.estimated_duration is not None else 1.0)
-                         for s in ws.steps}
+            durations = history.durations(ws, self.store.read_history())
             deps = {s.id: list(s.depends_on) for s in ws.steps}
             prio = self.opt.priorities or graph.remaining_path(deps, ws.step_ids, durations)
             serialize = []
@@ -603,6 +602,13 @@ class Dispatcher:
             if rec.status is StepStatus.BLOCKED:
                 rec.blocked_by = list(self.sched.state[sid].blocked_by)
         summary = self._write_results(status, finished)
+        observed = {sid: rec.duration_s for sid, rec in self.records.items()
+                    if rec.status is StepStatus.SUCCEEDED and not rec.kept and rec.attempts == 1
+                    and rec.duration_s is not None}
+        try:
+            self.store.write_history(history.updated(self.store.read_history(), self.ws, observed))
+        except OSError as e:  # history is a hint: a run never fails for it
+            self._log_line(f"WARNING could not write history.json: {e}")
         c = summary["summary"]
         self._log_line(f"RUN END ws={self.ws.id} run={self.run_id} status={status} "
                        f"succeeded={c['succeeded']} failed={c['failed']} timed_out={c['timed_out']} "

@@ -19,7 +19,10 @@ import re
 from importlib import resources
 from typing import Any, Callable, Iterable
 
-import jsonschema
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when a document needs explaining: a valid file never pays for it
+    import jsonschema
 
 from .document import Issue, did_you_mean, show
 from .jsonpos import JPath
@@ -56,11 +59,19 @@ class Validators:
     def __init__(self) -> None:
         schema = load_schema("workstream")
         schema["$defs"]["env_expr"] = False
-        self.slow = jsonschema.Draft202012Validator(schema)
-        self.slow_step = self.slow.evolve(schema=schema["$defs"]["step"])
+        self._schema = schema
         compile_ = _compiler(schema)
         self.fast = compile_(schema)
         self.fast_step = compile_(schema["$defs"]["step"])
+
+    @functools.cached_property
+    def slow(self) -> "jsonschema.Draft202012Validator":
+        import jsonschema
+        return jsonschema.Draft202012Validator(self._schema)
+
+    @functools.cached_property
+    def slow_step(self) -> "jsonschema.Draft202012Validator":
+        return self.slow.evolve(schema=self._schema["$defs"]["step"])
 
 
 @functools.lru_cache(maxsize=None)

@@ -209,6 +209,14 @@ class RunStore:
         atomic_write(path, mask(text, self.secrets) or "")
         return path
 
+    def read_history(self) -> dict | None:
+        return read_json(self.ws_dir / "history.json")
+
+    def write_history(self, data: dict) -> None:
+        _mkdir(self.ws_dir)
+        atomic_write(self.ws_dir / "history.json", json.dumps(data, separators=(",", ":")) + "\n",
+                     fsync=False)
+
     # --- reading (also used by `status`, which never writes) ----------------------------------------
     def read_state(self, run_id: str | None = None) -> dict | None:
         return read_json(self.ws_dir / "runs" / (run_id or self.run_id or "") / "state.json")

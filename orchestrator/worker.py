@@ -25,7 +25,6 @@ import json
 import os
 import selectors
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -234,20 +233,39 @@ def _run_child(task: Task, spec: StepSpec, env: dict[str, str], deadline: float,
         if task.callable:
             pid = _spawn_python(task, spec, env, wfd, result_path or os.devnull)
         else:
-            full_env = os.environ.copy()
-            full_env.update(env)
             try:
-                proc = subprocess.Popen(task.argv, stdin=subprocess.DEVNULL, stdout=wfd, stderr=wfd,
-                                        cwd=spec.cwd, env=full_env, start_new_session=True,
-                                        close_fds=True)
+                pid = _spawn(task.argv, env, wfd)
             except OSError as e:
                 sink.note(f"[orchestrator] cannot start {task.argv[0]!r}: {e.strerror or e}")
                 return _Ran(127, "spawn_error")
-            pid = proc.pid
-            proc.returncode = 0  # we reap it ourselves with wait4; keep Popen from trying later
     finally:
         os.close(wfd)
     return _supervise(pid, rfd, spec, deadline, sink, cancel_state)
+
+
+_BASE_ENV: dict[str, str] | None = None
+
+
+def _base_env() -> dict[str, str]:
+    """A copy of the environment the worker inherited (read once: os.environ decodes per access)."""
+    global _BASE_ENV
+    if _BASE_ENV is None:
+        _BASE_ENV = dict(os.environ)
+    return dict(_BASE_ENV)
+
+
+def _spawn(argv: tuple[str, ...], env: dict[str, str], wfd: int) -> int:
+    """Start argv as the leader of a new session, stdout+stderr to `wfd`, stdin from /dev/null.
+
+    posix_spawn (vfork-like in glibc) is several times cheaper than subprocess.Popen; every other
+    descriptor of ours is close-on-exec (PEP 446), so the child inherits only these three. The
+    worker has already chdir'ed to the step's cwd.
+    """
+    full_env = _base_env()
+    full_env.update(env)
+    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+               (os.POSIX_SPAWN_DUP2, wfd, 1), (os.POSIX_SPAWN_DUP2, wfd, 2)]
+    return os.posix_spawnp(argv[0], list(argv), full_env, file_actions=actions, setsid=True)
 
 
 def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSink,
@@ -378,6 +396,7 @@ def run_step(spec: StepSpec) -> StepResult:
 
 def _run_step(spec: StepSpec, started: float) -> StepResult:
     _emit("start", spec.step_id, spec.attempt, os.getpid(), started)
+    os.chdir(spec.cwd)  # children start here (posix_spawn has no cwd of its own)
     deadline = time.monotonic() + spec.timeout
     sink = LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
