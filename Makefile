@@ -20,7 +20,7 @@ GENERATED := examples/math_utils.py examples/string_utils.py examples/file_utils
              dependency_graph.png dependency_graph.mmd dependency_graph.dot
 
 .DEFAULT_GOAL := help
-.PHONY: help run test validate clean venv FORCE
+.PHONY: help run test validate clean venv bench FORCE
 
 help: ## show this help
 	@echo "make targets:"
@@ -63,6 +63,19 @@ validate: $(VENV)/.installed ## validate every workstream in workstreams/
 	@rc=0; for f in workstreams/*.json; do \
 	    $(ORCH) validate "$$f" || rc=1; \
 	done; exit $$rc
+
+# The peers the benchmark compares against, installed from Debian's packages when missing (as root).
+BENCH_PEERS := parallel:parallel ninja:ninja-build make:make
+
+bench: $(VENV)/.installed ## benchmark against make, ninja, GNU parallel (BENCH_REPS=5 BENCH_ONLY=w1,w2)
+	@missing=""; for pair in $(BENCH_PEERS); do \
+	    command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing the benchmark's peers:$$missing"; \
+	    apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+	$(PY) bench/run_bench.py
 
 clean: ## remove .venv, .worktrees and the files the examples generate
 	rm -rf $(VENV) $(WORKTREES) build dist *.egg-info .hypothesis .pytest_cache $(GENERATED)

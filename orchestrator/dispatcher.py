@@ -36,6 +36,7 @@ from .records import StepRecord, state_dict, summary_dict
 from .report import render_junit, render_report
 from .scheduler import Scheduler
 from .store import RunStore, new_run_id
+from .workerpool import WorkerDied
 
 STATE_FLUSH_INTERVAL = 0.2
 _PLACEHOLDER = re.compile(r"\{(task|step_id|ws_id|files)\}")
@@ -207,6 +208,7 @@ class Dispatcher:
         for fd in (wake_r, wake_w, prog_r):
             os.set_blocking(fd, False)
         self._wake_w = wake_w
+        self._loop_thread = threading.get_ident()
         old_handlers = self._install_signals(wake_w)
         self.pool = self.pool_factory(self.workers, prog_w, self)
         run_deadline = self.t0 + self.ws.execution.run_timeout if self.ws.execution.run_timeout else None
@@ -230,10 +232,15 @@ class Dispatcher:
                     self.reporter.tick(self.records, self.wall())
                     self._next_tick = now + self.reporter.tick_interval
                 timeout = self._next_timeout(run_deadline)
+                pool_fds = self.pool.fds()
                 try:
-                    select.select([wake_r, prog_r], [], [], timeout)
+                    ready, _, _ = select.select([wake_r, prog_r, *pool_fds], [], [], timeout)
                 except InterruptedError:
-                    pass
+                    ready = []
+                if pool_fds and ready:
+                    # progress first: a step's "started" must be known before its result
+                    partial = self._read_progress(prog_r, partial)
+                    self.pool.poll(ready)
                 try:
                     while os.read(wake_r, 4096):
                         pass
@@ -331,11 +338,18 @@ class Dispatcher:
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         self.inflight[sid] = (attempt, fut)
         self._task_counts[sid] = len(spec.tasks)
+        if rec.started_at is None:  # until the worker says (or the result shows) when it started
+            rec.started_at, rec.start_is_estimate = self.wall(), True
+        if spec.tasks:
+            rec.task_index, rec.task_count = 1, len(spec.tasks)
         self._dirty = True
 
     def _on_done(self, sid: str, attempt: int, fut: Future) -> None:
-        """Runs in the executor's thread: hand over and wake the loop, nothing more."""
+        """Hand the result to the loop. In an executor's thread it must also wake the loop; a pool
+        polled by the loop itself calls this in the loop's thread, which needs no wakeup."""
         self._done.append((sid, attempt, fut))
+        if threading.get_ident() == self._loop_thread:
+            return
         try:
             os.write(self._wake_w, b"\0")
         except OSError:
@@ -422,8 +436,8 @@ class Dispatcher:
                 self.worker_pid[sid] = ev[3]
                 rec = self.records[sid]
                 rec.worker = f"local:{ev[3]}"
-                if rec.started_at is None and len(ev) > 4:
-                    rec.started_at = ev[4]
+                if (rec.started_at is None or rec.start_is_estimate) and len(ev) > 4:
+                    rec.started_at, rec.start_is_estimate = ev[4], False
                 count = self._task_counts.get(sid, 0)
                 rec.task_index, rec.task_count = (1, count) if count else (None, None)
                 self._dirty = True
@@ -445,6 +459,10 @@ class Dispatcher:
             except BrokenExecutor:
                 broken.append((sid, attempt))
                 continue
+            except WorkerDied as e:
+                self._log_line(f"WORKER DIED pid={e.pid} while running {sid}: {e}")
+                self._end_orphans()
+                result = self._lost(sid, attempt, StepStatus.FAILED, str(e))
             except CancelledError:
                 result = self._lost(sid, attempt, StepStatus.CANCELLED, "cancelled before it started")
             except Exception as e:  # noqa: BLE001 - e.g. the spec could not be sent to the worker
@@ -471,18 +489,7 @@ class Dispatcher:
         if self.pool.broken:
             codes = self.pool.exit_codes()
             self._exit_codes.update(codes)
-            # orphans of the dead worker's step were adopted by us (we are a subreaper): end them
-            workers = set(codes)
-            orphans = [pid for pid in procs.children(os.getpid()) if pid not in workers]
-            for pid in orphans:
-                procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
-            # reap them (and descendants that re-parented to us meanwhile), never a pool worker
-            for pid in procs.children(os.getpid()):
-                if pid not in workers and not procs.pid_alive(pid):
-                    try:
-                        os.waitpid(pid, 0)
-                    except ChildProcessError:
-                        pass
+            self._end_orphans(set(codes))
             self.pool.replace()
         dead = {pid: code for pid, code in self._exit_codes.items()
                 if code is not None and code not in (0, -signal.SIGTERM, 128 + signal.SIGTERM)}
@@ -502,6 +509,20 @@ class Dispatcher:
                 self._log_line(f"STEP RESTART {sid} attempt={attempt}: its worker was stopped when "
                                f"another worker died; starting it again on a new pool")
                 self._submit(sid, now, restart=True)
+
+    def _end_orphans(self, workers: set[int] | None = None) -> None:
+        """A dead worker's step processes were adopted by us (we are a subreaper): end them, and
+        reap them and whatever re-parented to us meanwhile — never a pool worker."""
+        workers = set(self.pool.worker_pids()) if workers is None else workers
+        for pid in procs.children(os.getpid()):
+            if pid not in workers:
+                procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
+        for pid in procs.children(os.getpid()):
+            if pid not in workers and not procs.pid_alive(pid):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
 
     def _record(self, result: StepResult, now: float) -> None:
         sid = result.step_id
@@ -647,7 +668,9 @@ class Dispatcher:
 
 
 def _local_pool(workers: int, progress_fd: int | None, dispatcher: "Dispatcher"):
-    from .pool import LocalPool
+    from .pool import LocalPool, StdlibPool
+    if os.environ.get("ORCHESTRATOR_POOL") == "stdlib":
+        return StdlibPool(workers, progress_fd)
     return LocalPool(workers, progress_fd)
 
 

@@ -1,9 +1,16 @@
-"""Where steps run: the local process pool (and, later, other executors with the same face).
+"""Where steps run locally: the pools the dispatcher drives (Dask's lives in dask_pool.py).
 
-`LocalPool` wraps a `concurrent.futures.ProcessPoolExecutor` whose workers run `worker.init_worker`
-(child subreaper, die with the orchestrator, ignore the terminal's Ctrl-C). A worker killed from outside
-breaks a `ProcessPoolExecutor` as a whole; `replace()` starts a fresh one, and `exit_codes()` says which
-worker died of what, so the dispatcher can blame only the step that was on it.
+Every pool has one face: `submit(spec, callback)`, `cancel(what)`, `fds()`/`poll(ready)` (descriptors
+the dispatcher's select should watch, and what to do when they are readable), `worker_pids()`,
+`broken`/`exit_codes()`/`replace()` for executors that break as a whole, and `shutdown(kill)`. Pool
+workers run `worker.init_worker` (child subreaper, die with the orchestrator, ignore the terminal's
+Ctrl-C).
+
+`LocalPool` (the default) runs on `workerpool.WorkerPool`, an Executor with direct pipes: a dead worker
+fails only its own step. `StdlibPool` (`ORCHESTRATOR_POOL=stdlib`) runs on
+`concurrent.futures.ProcessPoolExecutor`, which one dead worker breaks as a whole: `replace()` starts a
+fresh one, and `exit_codes()` says which worker died of what, so the dispatcher can blame only the step
+that was on it.
 """
 from __future__ import annotations
 
@@ -16,7 +23,48 @@ from .worker import init_worker, run_step
 
 
 class LocalPool:
+    """The default local pool: a `WorkerPool` polled from the dispatcher's own loop."""
+
     name = "process"
+
+    def __init__(self, workers: int, progress_fd: int | None):
+        from .workerpool import WorkerPool
+        # WorkerDied names the worker's pid, so steps need not announce where they started
+        self.executor = WorkerPool(workers, initializer=init_worker,
+                                   initargs=(progress_fd, None, False))
+        self.broken = False
+
+    def submit(self, spec: StepSpec, callback: Callable[[Future], None]) -> Future:
+        fut = self.executor.submit(run_step, spec)
+        fut.add_done_callback(callback)
+        return fut
+
+    def fds(self) -> list[int]:
+        return self.executor.fds()
+
+    def poll(self, ready) -> None:
+        self.executor.poll(ready)
+
+    def cancel(self, what: str) -> None:
+        """Local workers read the run's .cancel/ files, which the store writes: nothing to do."""
+
+    def worker_pids(self) -> list[int]:
+        return self.executor.worker_pids()
+
+    def exit_codes(self) -> dict[int, int | None]:
+        return dict(self.executor.exit_codes)
+
+    def replace(self) -> None:
+        """A WorkerPool replaces dead workers itself."""
+
+    def shutdown(self, *, kill: bool = False) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True, kill=kill)
+
+
+class StdlibPool:
+    """`concurrent.futures.ProcessPoolExecutor`, for comparison and as a fallback."""
+
+    name = "process-stdlib"
 
     def __init__(self, workers: int, progress_fd: int | None):
         self.workers = workers
@@ -41,6 +89,12 @@ class LocalPool:
 
     def cancel(self, what: str) -> None:
         """Local workers read the run's .cancel/ files, which the store writes: nothing to do."""
+
+    def fds(self) -> list[int]:
+        return []  # results arrive through done-callbacks and the dispatcher's wake pipe
+
+    def poll(self, ready) -> None:
+        return None
 
     @property
     def broken(self) -> bool:

@@ -37,6 +37,8 @@ class StepRecord:
     cpu_time_s: float | None = None
     definition_hash: str = ""
     kept: bool = False                   # succeeded in an earlier session of a resumed run
+    start_is_estimate: bool = False      # started_at is the submit time, until the worker tells
+    _cached: tuple = field(default=(), repr=False, compare=False)   # (key, state dict)
 
     @property
     def duration_s(self) -> float | None:
@@ -47,8 +49,9 @@ class StepRecord:
     def absorb(self, result: StepResult) -> None:
         """Take in one attempt's result."""
         self.result = result
-        if self.started_at is None:
+        if self.started_at is None or self.start_is_estimate:
             self.started_at = result.started_at
+            self.start_is_estimate = False
         self.finished_at = result.finished_at
         self.exit_code = result.exit_code
         self.error = result.error
@@ -63,6 +66,17 @@ class StepRecord:
             self.cpu_time_s = round((self.cpu_time_s or 0.0) + result.cpu_time_s, 4)
 
     def state_dict(self) -> dict[str, Any]:
+        """The step as state.json shows it; rebuilt only when something in it changed (the live
+        state of a 1000-step run is written several times a second)."""
+        key = (self.status, self.attempts, self.started_at, self.finished_at, self.task_index,
+               self.task_count, self.worker, self.error, len(self.blocked_by), id(self.result))
+        if self._cached and self._cached[0] == key:
+            return self._cached[1]
+        d = self._build_state_dict()
+        self._cached = (key, d)
+        return d
+
+    def _build_state_dict(self) -> dict[str, Any]:
         return {
             "status": self.status.value, "depends_on": list(self.depends_on), "attempt": self.attempts,
             "started_at": iso(self.started_at) if self.started_at else None,

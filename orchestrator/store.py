@@ -147,13 +147,13 @@ class RunStore:
         assert self.run_dir is not None
         return self.run_dir / ".cancel"
 
-    def step_log(self, step_id: str) -> Path:
+    def step_log(self, step_id: str) -> str:
         assert self.run_dir is not None
-        return self.run_dir / "steps" / f"{step_id}.log"
+        return f"{self.run_dir}/steps/{step_id}.log"
 
-    def step_output(self, step_id: str) -> Path:
+    def step_output(self, step_id: str) -> str:
         assert self.run_dir is not None
-        return self.run_dir / "steps" / f"{step_id}.outputs"
+        return f"{self.run_dir}/steps/{step_id}.outputs"
 
     def log_tail(self, step_id: str, lines: int = 20) -> str:
         """The last lines of a step's log, read from the end (logs may be large)."""
@@ -198,8 +198,7 @@ class RunStore:
         assert self.run_dir is not None
         path = self.run_dir / name
         obj = mask_obj(obj, self.secrets)
-        text = json.dumps(obj, indent=2, default=str) if pretty else json.dumps(
-            obj, separators=(",", ":"), default=str)
+        text = readable_json(obj) if pretty else json.dumps(obj, separators=(",", ":"), default=str)
         atomic_write(path, text + "\n", fsync=fsync)
         return path
 
@@ -223,6 +222,30 @@ class RunStore:
 
     def latest_run_id(self) -> str | None:
         return latest_run_id(self.ws_dir)
+
+
+def readable_json(obj: Any) -> str:
+    """Indented JSON whose list items (the steps) stand one per line in compact form.
+
+    Python's indenting encoder is pure Python and several times slower than the compact C encoder;
+    this keeps a 1000-step summary readable (and greppable by step) at C speed.
+    """
+    def enc(v: Any) -> str:
+        return json.dumps(v, default=str, ensure_ascii=False)
+
+    if not isinstance(obj, dict):
+        return enc(obj)
+    lines = []
+    for k, v in obj.items():
+        if isinstance(v, list) and v:
+            body = ",\n".join("    " + enc(x) for x in v)
+            lines.append(f"  {enc(k)}: [\n{body}\n  ]")
+        elif isinstance(v, dict) and v:
+            body = ",\n".join(f"    {enc(kk)}: {enc(vv)}" for kk, vv in v.items())
+            lines.append(f"  {enc(k)}: {{\n{body}\n  }}")
+        else:
+            lines.append(f"  {enc(k)}: {enc(v)}")
+    return "{\n" + ",\n".join(lines) + "\n}"
 
 
 def _read_holder(path: Path) -> tuple[int | None, str | None]:

@@ -23,7 +23,7 @@ import inspect
 import importlib
 import json
 import os
-import selectors
+import select
 import signal
 import sys
 import time
@@ -36,20 +36,23 @@ from .model import StepResult, StepSpec, StepStatus, Task, TestResult
 CANCEL_CHECK = 0.1
 RSS_SAMPLE_EVERY = 0.5
 _progress_fd: int | None = None
+_announce_start = True    # a pool that knows which worker runs which step needs no "start" event
 _cancel_probe: Callable[[StepSpec], str | None] | None = None   # returns None | "grace" | "now"
 _initial_ppid: int | None = None
 
 
 # --- pool worker set-up ---------------------------------------------------------------------------
 
-def init_worker(progress_fd: int | None = None, probe: Callable | None = None) -> None:
+def init_worker(progress_fd: int | None = None, probe: Callable | None = None,
+                announce_start: bool = True) -> None:
     """Pool initializer: become a subreaper, die with the orchestrator, ignore the terminal's Ctrl-C.
 
     Ctrl-C goes to the whole foreground process group; the dispatcher alone decides what it means,
     and tells workers through the cancel flag.
     """
-    global _progress_fd, _cancel_probe, _initial_ppid
+    global _progress_fd, _cancel_probe, _initial_ppid, _announce_start
     _progress_fd = progress_fd
+    _announce_start = announce_start
     _cancel_probe = probe
     _initial_ppid = os.getppid()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -78,15 +81,29 @@ def _emit(*event: Any) -> None:
 
 
 def file_probe(spec: StepSpec) -> str | None:
-    """The local cancel flag: `<cancel_dir>/now`, `<cancel_dir>/all` or `<cancel_dir>/<step-id>`."""
+    """The local cancel flag: `<cancel_dir>/now`, `<cancel_dir>/all` or `<cancel_dir>/<step-id>`.
+
+    One stat of the directory per check; it is listed only when its mtime says a flag was raised.
+    """
     d = spec.cancel_dir
     if not d:
         return None
-    if os.path.exists(os.path.join(d, "now")):
+    try:
+        if os.stat(d).st_mtime_ns == _probe_seen.get(d):
+            return None
+        names = set(os.listdir(d))
+    except OSError:
+        return None
+    if "now" in names:
         return "now"
-    if os.path.exists(os.path.join(d, "all")) or os.path.exists(os.path.join(d, spec.step_id)):
+    if "all" in names or spec.step_id in names:
         return "grace"
+    if not names:
+        _probe_seen[d] = os.stat(d).st_mtime_ns
     return None
+
+
+_probe_seen: dict[str, int] = {}   # cancel dir -> mtime at which it was seen empty
 
 
 # --- the log --------------------------------------------------------------------------------------
@@ -271,9 +288,9 @@ def _spawn(argv: tuple[str, ...], env: dict[str, str], wfd: int) -> int:
 def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSink,
                cancel_state: list) -> _Ran:
     pidfd = os.pidfd_open(pid)
-    sel = selectors.DefaultSelector()
-    sel.register(rfd, selectors.EVENT_READ, "out")
-    sel.register(pidfd, selectors.EVENT_READ, "exit")
+    poller = select.poll()   # one syscall a wait (a selector would add epoll set-up per child)
+    poller.register(rfd, select.POLLIN)
+    poller.register(pidfd, select.POLLIN)
     exited = eof = False
     outcome = "exited"
     peak = 0
@@ -294,22 +311,24 @@ def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSin
                 cancel_state[0] = mode
                 outcome = "cancelled"
                 break
-            for key, _ in sel.select(min(deadline - now, CANCEL_CHECK)):
-                if key.data == "out":
+            wait_ms = max(0, min(deadline - now, CANCEL_CHECK)) * 1000
+            for fd, _ in poller.poll(wait_ms):
+                if fd == rfd:
                     data = os.read(rfd, 65536)
                     if data:
                         sink.write(data)
                     else:
                         eof = True
-                        sel.unregister(rfd)
+                        poller.unregister(rfd)
                 else:
                     exited = True
-                    sel.unregister(pidfd)
+                    poller.unregister(pidfd)
             if exited and not eof:
-                # the leader is gone but something it started still holds the pipe: the step is over,
-                # so its leftovers go (nothing outlives its step); then read what they wrote
-                procs.kill_tree(os.getpid(), pgids=[pid], grace=min(spec.grace, 1.0), reap=False)
-                _drain(rfd, sink)
+                if not _drain(rfd, sink):
+                    # the leader is gone but something it started still holds the pipe: the step
+                    # is over, so its leftovers go (nothing outlives its step); then read the rest
+                    procs.kill_tree(os.getpid(), pgids=[pid], grace=min(spec.grace, 1.0), reap=False)
+                    _drain(rfd, sink)
                 eof = True
         if outcome != "exited":
             grace = 0.0 if cancel_state[0] == "now" else spec.grace
@@ -324,7 +343,6 @@ def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSin
             peak = max(peak, maxrss)
         return _Ran(rc, outcome, peak, ru.ru_utime + ru.ru_stime)
     finally:
-        sel.close()
         os.close(pidfd)
         os.close(rfd)
 
@@ -334,16 +352,17 @@ def _own_hwm() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _drain(rfd: int, sink: LogSink) -> None:
+def _drain(rfd: int, sink: LogSink) -> bool:
+    """Read what is there without waiting; True when the pipe reached EOF."""
     os.set_blocking(rfd, False)
     try:
         while True:
             data = os.read(rfd, 65536)
             if not data:
-                return
+                return True
             sink.write(data)
     except (BlockingIOError, OSError):
-        return
+        return False
 
 
 # --- one attempt ----------------------------------------------------------------------------------
@@ -395,15 +414,19 @@ def run_step(spec: StepSpec) -> StepResult:
 
 
 def _run_step(spec: StepSpec, started: float) -> StepResult:
-    _emit("start", spec.step_id, spec.attempt, os.getpid(), started)
+    if _announce_start:
+        _emit("start", spec.step_id, spec.attempt, os.getpid(), started)
     os.chdir(spec.cwd)  # children start here (posix_spawn has no cwd of its own)
     deadline = time.monotonic() + spec.timeout
     sink = LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
-    sink.note(f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===")
+    header = f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===\n"
     env = dict(spec.env)
     env["ORCHESTRATOR_OUTPUT"] = spec.output_path
-    os.close(os.open(spec.output_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    try:  # the step creates it when it has outputs (a stale one from an earlier attempt must go)
+        os.unlink(spec.output_path)
+    except FileNotFoundError:
+        pass
     result_path = spec.output_path + ".return.json"
     status, error, exit_code, value = StepStatus.SUCCEEDED, None, 0, None
     rss, cpu = 0, 0.0
@@ -414,7 +437,8 @@ def _run_step(spec: StepSpec, started: float) -> StepResult:
         for i, task in enumerate(spec.tasks, 1):
             if n > 1:
                 _emit("task", spec.step_id, i, n)
-            sink.note(f"--- task {i}/{n}: {task.label}")
+            sink.note(f"{header}--- task {i}/{n}: {task.label}")
+            header = ""
             ran = _run_child(task, spec, env, deadline, sink, cancel_state, result_path)
             rss, cpu = max(rss, ran.maxrss), cpu + ran.cpu
             exit_code = ran.rc
@@ -438,6 +462,8 @@ def _run_step(spec: StepSpec, started: float) -> StepResult:
                     status, error = StepStatus.FAILED, f"{res.get('error', 'no result')} {where}"
                     break
                 value = res.get("value")
+        if header:  # no tasks: the header still opens the log
+            sink.note(header.rstrip("\n"))
         if status is StepStatus.SUCCEEDED:
             status, error, tests = _acceptance(spec, env, deadline, sink, cancel_state)
     finally:

@@ -1,0 +1,463 @@
+"""Where steps run on a Dask cluster: `DaskPool`, the same face as `pool.LocalPool`.
+
+The dispatcher is unchanged: it hands a `StepSpec` to `submit` and gets back a plain
+`concurrent.futures.Future` that this pool completes with a `StepResult`, always (a lost worker is a
+failed result, never an exception). Data flow::
+
+    DaskPool.submit(spec)            orchestrator machine
+      client.submit(bootstrap, paths, pickle(spec), names, key=<step>-<attempt>-<uuid>,
+                    resources=spec.resources, pure=False, retries=0)
+    _remote_run(spec)                a thread of a Dask worker
+      Event <run>-started-<key> set already?  -> the scheduler re-ran us after a worker died: fail
+      fork a step host (worker.init_worker: subreaper, SIGTERM when the Dask worker dies, which kills
+      the step's tree); it runs worker.run_step(spec') with log, outputs and cancel flags in a temp dir
+      meanwhile read the run's cancel Events (all, now, <step-id>) every CANCEL_POLL s -> flag files
+      -> (StepResult with worker=<Dask worker address>, the log's bytes)
+    DaskPool._finished               Dask's callback thread, orchestrator machine
+      log bytes -> steps/<id>.log (0600; appended from attempt 2), then complete the Future
+
+Why a forked host per step rather than `run_step` on the Dask worker thread itself: `worker.py` ends a
+step by sweeping every descendant of its own process, which on a Dask worker with several threads
+would take the other steps along; a host of its own keeps each step's tree apart, and, through the
+parent-death signal, dies with its Dask worker and takes the tree with it (a killed worker leaves no
+orphans). The host reads the usual local cancel files, which this thread keeps in step with the
+Events (a forked child cannot use the worker's Dask client).
+
+Nothing assumes a shared filesystem: the spec and result travel through Dask; the step's `cwd` (the
+project root) must exist on the worker. The function sent to the workers is pickled by value and the
+spec as bytes, so the scheduler needs no `orchestrator` import and a worker gets the package's path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pickle
+import select
+import shutil
+import signal
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import UsageError
+from .model import StepResult, StepSpec, StepStatus
+
+try:
+    import dask
+    import distributed
+except ImportError:  # pragma: no cover - the dask extra is not installed
+    dask = distributed = None
+
+CANCEL_POLL = 0.25          # seconds between two looks at the cancel Events (< 2 s cancel latency)
+CONNECT_TIMEOUT = 15        # seconds to reach a remote scheduler
+CONTROL_TIMEOUT = 10        # seconds for one Event call from the orchestrator before giving up
+# Worker processes of a cluster we start ignore the terminal's Ctrl-C, as local pool workers do: the
+# dispatcher alone decides what an interrupt means (a preload runs again in a restarted worker).
+_IGNORE_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+
+log = logging.getLogger(__name__)
+
+
+def dask_pool_factory(address: str | None) -> Callable[[int, int | None, Any], "DaskPool"]:
+    """A pool factory for the dispatcher: `(workers, progress_fd, dispatcher) -> DaskPool`.
+
+    With an address the pool connects to that scheduler; without one it starts a cluster of
+    `workers` single-threaded worker processes on loopback and closes it at shutdown.
+    """
+    if distributed is None:
+        raise UsageError("the dask executor needs the 'distributed' package",
+                         hint="pip install 'orchestrator[dask]'")
+
+    def factory(workers: int, progress_fd: int | None, dispatcher: Any) -> DaskPool:
+        return DaskPool.connect(address, workers, run_id=dispatcher.run_id)
+    return factory
+
+
+class DaskPool:
+    """Runs step attempts as Dask tasks; cancels them through `distributed.Event`s."""
+
+    name = "dask"
+
+    def __init__(self, client: Any, run_id: str, cluster: Any = None):
+        self.client = client
+        self.cluster = cluster
+        self.run_id = run_id
+        # a resumed run reuses its run id, and workers remember flags they saw set: a token of this
+        # pool's own keeps an earlier session's flags from reaching this one
+        prefix = f"orch-{run_id}-{uuid.uuid4().hex[:8]}"
+        self.names = {"all": f"{prefix}-all", "now": f"{prefix}-now", "step": f"{prefix}-step-",
+                      "started": f"{prefix}-started-"}
+        self._lock = threading.Lock()
+        self._running: dict[str, tuple[Any, Future, StepSpec]] = {}   # key -> (dask, ours, spec)
+        self._set: set[str] = set()                                    # Events we set, cleared at the end
+        self._control = ThreadPoolExecutor(1, thread_name_prefix="orch-dask-control")
+        self._bootstrap = _make_bootstrap()
+        pkg_parent = str(Path(__file__).resolve().parent.parent)
+        self._paths = [pkg_parent]
+
+    @classmethod
+    def connect(cls, address: str | None, workers: int, *, run_id: str) -> "DaskPool":
+        if not address:
+            # our own cluster: a task whose worker dies is failed at once, never silently re-run
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                cluster = distributed.LocalCluster(
+                    n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                    dashboard_address=None, silence_logs=logging.CRITICAL, preload=[_IGNORE_SIGINT])
+            try:
+                client = distributed.Client(cluster)
+            except BaseException:
+                cluster.close()
+                raise
+            return cls(client, run_id, cluster)
+        try:
+            client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise UsageError(f"cannot reach the Dask scheduler at {address}: {e}",
+                             hint="start one with `dask scheduler`, or check --scheduler") from None
+        return cls(client, run_id)
+
+    # --- the pool interface ------------------------------------------------------------------------
+    def submit(self, spec: StepSpec, callback: Callable[[Future], None]) -> Future:
+        ours: Future = Future()
+        ours.add_done_callback(callback)
+        ours.set_running_or_notify_cancel()
+        missing = self._unmet_resources(spec.resources)
+        if missing:
+            t = time.time()
+            error = f"no Dask worker offers the resources {missing} (start one with --resources)"
+            _write_log(spec, f"[orchestrator] {error}\n".encode())
+            ours.set_result(StepResult(spec.step_id, spec.attempt, StepStatus.FAILED, error=error,
+                                       started_at=t, finished_at=t))
+            return ours
+        key = f"{spec.step_id}-{spec.attempt}-{uuid.uuid4().hex[:12]}"
+        names = dict(self.names, started=self.names["started"] + key)
+        fut = self.client.submit(self._bootstrap, self._paths, pickle.dumps(spec), names, key=key,
+                                 pure=False, resources=dict(spec.resources) or None, retries=0)
+        with self._lock:
+            self._running[key] = (fut, ours, spec)
+        fut.add_done_callback(lambda f, k=key: self._finished(k, f))
+        return ours
+
+    def cancel(self, what: str) -> None:
+        """Raise the run's flag "all", "now" or a step's own; workers see it within CANCEL_POLL."""
+        name = self.names.get(what) if what in ("all", "now") else self.names["step"] + what
+        with self._lock:
+            self._set.add(name)
+        self._control.submit(self._call, distributed.Event(name, client=self.client).set)
+
+    def fds(self) -> list[int]:
+        return []               # results come through Dask's callback thread and the wake pipe
+
+    def poll(self, ready: Any) -> None:
+        return None
+
+    @property
+    def broken(self) -> bool:
+        return False            # a lost Dask worker fails its step's future; the pool goes on
+
+    def worker_pids(self) -> list[int]:
+        return []               # nothing local to kill: remote hosts kill their own trees
+
+    def exit_codes(self) -> dict[int, int | None]:
+        return {}
+
+    def replace(self) -> None:
+        """Nothing to replace: Dask replaces lost workers itself."""
+
+    def shutdown(self, *, kill: bool = False) -> None:
+        if self.client is None:
+            return
+        with self._lock:
+            running = list(self._running.values())
+        if kill and running:
+            self.cancel("now")  # steps still running remotely are killed without grace
+        self._control.shutdown(wait=True)
+        for name in sorted(self._set) + [self.names["all"], self.names["now"]]:
+            self._call(distributed.Event(name, client=self.client).clear)
+        if running:
+            try:
+                self.client.cancel([fut for fut, _, _ in running], force=True)
+            except Exception:  # noqa: BLE001 - best effort while closing
+                pass
+            for _, ours, spec in running:
+                if not ours.done():
+                    t = time.time()
+                    ours.set_result(StepResult(spec.step_id, spec.attempt, StepStatus.CANCELLED,
+                                               error="cancelled", started_at=t, finished_at=t))
+        try:
+            self.client.close(timeout=CONTROL_TIMEOUT)
+        except Exception:  # noqa: BLE001
+            pass
+        if self.cluster is not None:
+            try:
+                self.cluster.close(timeout=CONTROL_TIMEOUT)
+            except Exception:  # noqa: BLE001
+                pass
+        self.client = None
+
+    # --- helpers -----------------------------------------------------------------------------------
+    def _call(self, fn: Callable[[], Any]) -> None:
+        """One scheduler call from the orchestrator side, bounded; failures are not fatal."""
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - a flag we could not raise is reported, not raised
+            log.warning("dask scheduler call failed: %s", e)
+
+    def _unmet_resources(self, wanted: Any) -> str | None:
+        if not wanted:
+            return None
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # noqa: BLE001 - let the scheduler decide
+            return None
+        for info in workers.values():
+            have = info.get("resources") or {}
+            if all(have.get(k, 0) >= v for k, v in wanted.items()):
+                return None
+        return ", ".join(f"{k}={v:g}" for k, v in wanted.items())
+
+    def _finished(self, key: str, fut: Any) -> None:
+        """Dask's callback thread: turn the task's outcome into a StepResult and the step's log."""
+        with self._lock:
+            entry = self._running.pop(key, None)
+        if entry is None:
+            return
+        _, ours, spec = entry
+        data = b""
+        try:
+            if fut.status == "cancelled":
+                result = _lost(spec, StepStatus.CANCELLED, "cancelled before it started")
+            else:
+                result, data = fut.result()
+        except BaseException as e:  # noqa: BLE001 - e.g. KilledWorker, a lost connection
+            why = _describe_failure(e)
+            result = _lost(spec, StepStatus.FAILED, why, worker=_last_worker(e))
+            data = (f"[orchestrator] attempt {spec.attempt}: {why}; the output of this attempt "
+                    f"was lost with its worker\n").encode()
+        try:
+            _write_log(spec, data)
+        except OSError as e:
+            result = dataclasses.replace(result, error=(result.error or "") + f" (log not written: {e})")
+        fut.release()
+        if self.client is not None:
+            started = distributed.Event(self.names["started"] + key, client=self.client)
+            try:
+                self._control.submit(self._call, started.clear)
+            except RuntimeError:  # shutting down: the Event goes with the scheduler's cleanup
+                pass
+        if not ours.done():
+            ours.set_result(result)
+
+
+def _lost(spec: StepSpec, status: StepStatus, error: str, worker: str = "") -> StepResult:
+    t = time.time()
+    return StepResult(spec.step_id, spec.attempt, status, error=error, started_at=t, finished_at=t,
+                      worker=worker)
+
+
+def _describe_failure(e: BaseException) -> str:
+    if distributed is not None and isinstance(e, distributed.KilledWorker):
+        return f"worker process died (Dask worker {_last_worker(e) or '?'} died while running it)"
+    return f"worker process died ({type(e).__name__}: {e})"
+
+
+def _last_worker(e: BaseException) -> str:
+    last = getattr(e, "last_worker", None)
+    return getattr(last, "address", None) or (last if isinstance(last, str) else "")
+
+
+def _write_log(spec: StepSpec, data: bytes) -> None:
+    """The attempt's log on the orchestrator's side, as `worker.LogSink` writes it locally."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if spec.attempt > 1 else os.O_TRUNC)
+    fd = os.open(spec.log_path, flags, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _make_bootstrap() -> Callable:
+    """The function Dask sends to the workers, pickled by value (it is local to this function).
+
+    It makes `orchestrator` importable (the path it has on the orchestrator's machine, as a last
+    resort after an installed copy) before anything of ours is unpickled, so neither the scheduler nor
+    a worker needs more than `distributed` installed when they share the orchestrator's filesystem.
+    """
+    def orchestrator_step(paths: list, blob: bytes, names: dict):
+        import sys
+        for p in paths:
+            if p not in sys.path:
+                sys.path.append(p)
+        from orchestrator.dask_pool import _remote_run
+        return _remote_run(blob, names)
+    return orchestrator_step
+
+
+# --- the Dask worker's side ------------------------------------------------------------------------
+
+def _remote_run(blob: bytes, names: dict[str, str]) -> tuple[StepResult, bytes]:
+    """Run one attempt on this Dask worker. Never raises: returns (result, the attempt's log bytes)."""
+    started = time.time()
+    address = _worker_address()
+    spec: StepSpec | None = None
+    try:
+        spec = pickle.loads(blob)
+        return _run_here(spec, names, address)
+    except BaseException as e:  # noqa: BLE001 - a worker must never raise
+        sid, attempt = (spec.step_id, spec.attempt) if spec is not None else ("?", 0)
+        return (StepResult(sid, attempt, StepStatus.FAILED,
+                           error=f"internal error on the Dask worker: {type(e).__name__}: {e}",
+                           started_at=started, finished_at=time.time(), worker=address), b"")
+
+
+def _worker_address() -> str:
+    try:
+        return distributed.get_worker().address
+    except Exception:  # noqa: BLE001 - called outside a worker (tests)
+        import socket
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _run_here(spec: StepSpec, names: dict[str, str], address: str) -> tuple[StepResult, bytes]:
+    watch = _CancelWatch(names, spec.step_id)
+    if watch.seen_before():
+        t = time.time()
+        why = ("worker process died (its Dask worker was lost while running it; not run again by "
+               "Dask)")
+        return StepResult(spec.step_id, spec.attempt, StepStatus.FAILED, error=why, started_at=t,
+                          finished_at=t, worker=address), b""
+    tmp = tempfile.mkdtemp(prefix=f"orch-{spec.step_id}-")
+    try:
+        cancel_dir = os.path.join(tmp, "cancel")
+        os.mkdir(cancel_dir, 0o700)
+        here = dataclasses.replace(spec, log_path=os.path.join(tmp, "step.log"),
+                                   output_path=os.path.join(tmp, "outputs"), cancel_dir=cancel_dir)
+        result_path = os.path.join(tmp, "result.pickle")
+        parent = os.getpid()
+        started = time.time()
+        pid = os.fork()
+        if pid == 0:
+            _host(here, result_path, parent)   # never returns
+        code = _wait_host(pid, watch, cancel_dir)
+        result = _load(result_path)
+        if result is None:
+            how = f"signal {-code}" if code < 0 else f"exit code {code}"
+            result = StepResult(spec.step_id, spec.attempt, StepStatus.FAILED,
+                                error=f"worker process died (the step's host on {address}: {how})",
+                                started_at=started, finished_at=time.time())
+        try:
+            with open(here.log_path, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = b""
+        return dataclasses.replace(result, worker=address), data
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _host(spec: StepSpec, result_path: str, parent: int) -> None:
+    """The forked step host: a subreaper that dies with its Dask worker; runs the step; exits."""
+    code = 70
+    try:
+        import gc
+        gc.freeze()                  # what came from the Dask worker is not ours to finalize
+        signal.set_wakeup_fd(-1)     # that fd belongs to the worker's event loop
+        from . import worker
+        worker.init_worker(None, None)
+        if os.getppid() != parent:   # the worker died before the parent-death signal was armed
+            os._exit(code)
+        result = worker.run_step(spec)
+        tmp = result_path + ".tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump(result, f)
+        os.rename(tmp, result_path)
+        code = 0
+    except BaseException:  # noqa: BLE001 - the parent reports a host without a result
+        pass
+    finally:
+        os._exit(code)
+
+
+def _wait_host(pid: int, watch: "_CancelWatch", cancel_dir: str) -> int:
+    """Wait for the host to exit, raising its cancel flag files as the run's Events rise."""
+    pidfd = os.pidfd_open(pid)
+    raised: set[str] = set()
+    try:
+        while True:
+            ready, _, _ = select.select([pidfd], [], [], CANCEL_POLL)
+            if ready:
+                break
+            mode = watch.poll()
+            flag = {"now": "now", "grace": "all"}.get(mode or "")
+            if flag and flag not in raised:
+                raised.add(flag)
+                open(os.path.join(cancel_dir, flag), "w").close()
+    finally:
+        os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _load(path: str) -> StepResult | None:
+    try:
+        with open(path, "rb") as f:
+            result = pickle.load(f)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return None
+    return result if isinstance(result, StepResult) else None
+
+
+class _CancelWatch:
+    """The run's cancel Events as this worker sees them.
+
+    "all" and "now" are shared by every step on the worker process and looked up at most once per
+    CANCEL_POLL for all of them; once seen set they stay set. The step's own Event is read each poll.
+    A scheduler that cannot be reached means "not cancelled": the step's own timeout still holds.
+    """
+
+    _shared: dict[str, tuple[float, bool]] = {}
+    _shared_lock = threading.Lock()
+
+    def __init__(self, names: dict[str, str], step_id: str):
+        self.names = names
+        self.step = distributed.Event(names["step"] + step_id)
+
+    def seen_before(self) -> bool:
+        """Mark this task as started; True when a run of it had already started (a lost worker)."""
+        try:
+            ev = distributed.Event(self.names["started"])
+            if ev.is_set():
+                return True
+            ev.set()
+        except Exception:  # noqa: BLE001 - no scheduler: nothing to compare with
+            pass
+        return False
+
+    def _shared_flag(self, name: str) -> bool:
+        now = time.monotonic()
+        with self._shared_lock:
+            at, value = self._shared.get(name, (-1e9, False))
+            if value or now - at < CANCEL_POLL:
+                return value
+            self._shared[name] = (now, False)      # one caller looks; the others use this answer
+        value = bool(distributed.Event(name).is_set())
+        with self._shared_lock:
+            self._shared[name] = (now, value)
+        return value
+
+    def poll(self) -> str | None:
+        try:
+            if self._shared_flag(self.names["now"]):
+                return "now"
+            if self._shared_flag(self.names["all"]) or self.step.is_set():
+                return "grace"
+        except Exception:  # noqa: BLE001
+            return None
+        return None
