@@ -91,7 +91,8 @@ class Dispatcher:
                  pool_factory: Callable[[int, int | None, "Dispatcher"], Any] | None = None,
                  reporter: Reporter | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time):
+                 wall: Callable[[], float] = time.time,
+                 load_probe: Any = None):
         self.ws = ws
         self.opt = options
         self.reporter = reporter or Reporter()
@@ -117,6 +118,14 @@ class Dispatcher:
         self._next_tick = 0.0
         self._exit_codes: dict[int, int | None] = {}
         self._task_counts: dict[str, int] = {}
+        # adaptive scaling: hold new starts while the machine is overloaded
+        self.probe = load_probe
+        if self.probe is None and ws.execution.adaptive_scaling:
+            from .load import SystemLoadProbe
+            self.probe = SystemLoadProbe()
+        self._next_probe = 0.0
+        self._holding: str | None = None
+        self.holds: list[dict[str, Any]] = []
         self.status = "running"
         self.interrupted = False
         self.secrets = secret_values([os.environ, options.extra_env, *[s.env for s in ws.steps],
@@ -267,6 +276,8 @@ class Dispatcher:
             times.append(now + 0.25)
         if self.reporter.tick_interval:
             times.append(self._next_tick)
+        if self.probe is not None and not self.sched.stopping:
+            times.append(self._next_probe)
         if self.inflight:
             times.append(now + 5.0)  # backstop check for workers that stopped answering
         if not times:
@@ -312,8 +323,32 @@ class Dispatcher:
 
     # --- starting ----------------------------------------------------------------------------------
     def _start_ready(self, now: float) -> None:
-        for sid in self.sched.take_ready(now):
+        if self.probe is not None and now >= self._next_probe:
+            self._check_load(now)
+        # while holding, one step may still run: a busy machine slows the run, never stalls it
+        limit = 1 if self._holding else None
+        for sid in self.sched.take_ready(now, limit=limit):
             self._submit(sid, now)
+
+    def _check_load(self, now: float) -> None:
+        from .load import PROBE_EVERY
+        self._next_probe = now + PROBE_EVERY
+        try:
+            reason = self.probe.overloaded()
+        except Exception as e:  # noqa: BLE001 - a broken probe must not stop the run
+            reason = None
+            self._log_line(f"WARNING load probe failed: {e}")
+        offset = round(self.wall() - self.started_at, 4)
+        if reason and not self._holding:
+            self._holding = reason
+            self.holds.append({"start_offset_s": offset, "end_offset_s": None, "reason": reason})
+            self._log_line(f"HOLD new starts: machine overloaded ({reason})")
+            self.reporter.message(f"holding new starts: machine overloaded ({reason})")
+        elif not reason and self._holding:
+            self._holding = None
+            self.holds[-1]["end_offset_s"] = offset
+            self._log_line("RESUME starts: machine load is back to normal")
+            self.reporter.message("resuming starts: machine load is back to normal")
 
     def _submit(self, sid: str, now: float, *, restart: bool = False) -> None:
         rec = self.records[sid]
@@ -647,6 +682,8 @@ class Dispatcher:
                                started_at=self.started_at, finished_at=finished,
                                execution=self._execution_dict(), records=self.records,
                                log_file=log_files)
+        if self.holds:
+            summary["adaptive_holds"] = self.holds
         self.store.write_json("results_summary.json", summary)
         tails = {s["id"]: self.store.log_tail(s["id"])
                  for s in summary["steps"] if s["status"] not in ("succeeded", "pending", "blocked", "skipped")}

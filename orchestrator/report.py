@@ -275,6 +275,12 @@ def recommendations(summary: Mapping[str, Any]) -> list[str]:
     wall = _num(totals.get("wall_time_s")) or 0.0
     advice: list[str] = []
 
+    for hold in summary.get("adaptive_holds") or []:
+        start, end = _num(hold.get("start_offset_s")), _num(hold.get("end_offset_s"))
+        span = f"from +{start:.1f} s to +{end:.1f} s" if start is not None and end is not None else (
+            f"from +{start:.1f} s to the end" if start is not None else "")
+        advice.append(f"Adaptive scaling held new starts {span}: {_clean(hold.get('reason'))}.")
+
     path, length = critical_path(steps)
     if path and length > 0:
         text = f"Critical path: {' → '.join(f'`{i}`' for i in path)} took {length:.1f} s"

@@ -173,13 +173,18 @@ class Scheduler:
         others = self.conflicts.get(sid)
         return not (others and others & self.running)
 
-    def take_ready(self, now: float) -> list[str]:
-        """Steps to start now, best first; each is marked running and its attempt counted."""
+    def take_ready(self, now: float, limit: int | None = None) -> list[str]:
+        """Steps to start now, best first; each is marked running and its attempt counted.
+
+        `limit` caps how many may be running afterwards (below max_workers), e.g. while the
+        machine is overloaded.
+        """
         out: list[str] = []
         if self.stopping:
             return out
+        cap = self.max_workers if limit is None else max(0, min(limit, self.max_workers))
         aside: list[tuple[tuple, str]] = []
-        while self._heap and len(self.running) < self.max_workers:
+        while self._heap and len(self.running) < cap:
             key, sid = heapq.heappop(self._heap)
             if self.state[sid].status is not StepStatus.PENDING:
                 continue  # blocked or skipped while it waited

@@ -197,3 +197,11 @@ def test_simulate_prefers_the_critical_path():
     plan = simulate(ws, priorities=prio)
     assert plan[0][0] == "l1"
     assert max(end for *_, end in plan) == 6
+
+
+def test_take_ready_limit_caps_running_steps():
+    ws = ws_of(("a", []), ("b", []), ("c", []), max_workers=3)
+    s = Scheduler(ws)
+    assert s.take_ready(0, limit=1) == ["a"]
+    assert s.take_ready(0, limit=1) == []
+    assert s.take_ready(0) == ["b", "c"]
