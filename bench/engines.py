@@ -33,21 +33,33 @@ class Sample:
     extra: dict = field(default_factory=dict)
 
 
-def measure(argv: list[str], cwd: Path, *, stdout_to: Path | None = None,
-            env: dict | None = None) -> Sample:
-    err_path = cwd / ".bench-stderr"
-    out = open(stdout_to, "wb") if stdout_to else subprocess.DEVNULL
+GNU_TIME = "/usr/bin/time"
+
+
+def measure(argv: list[str], cwd: Path, *, env: dict | None = None) -> Sample:
+    """Run argv in cwd (stdout to /dev/null) and measure it. Peak RSS comes from GNU time when it is
+    installed: the kernel starts a child's peak RSS at its parent's peak when it execs (vfork), so
+    rusage read here would never show less than this Python process's own size."""
+    err_path, rss_path = cwd / ".bench-stderr", cwd / ".bench-rss"
+    rss_path.unlink(missing_ok=True)
+    timed = os.access(GNU_TIME, os.X_OK)
+    if timed:
+        argv = [GNU_TIME, "-f", "%M", "-o", str(rss_path), *argv]
     with open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=env)
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err, env=env)
         _, status, ru = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here: tell Popen so it won't wait
-    if stdout_to:
-        out.close()
+    maxrss = ru.ru_maxrss
+    if timed:
+        try:   # "Command exited with non-zero status N" may come first; the number is last
+            maxrss = int(rss_path.read_text().split()[-1])
+        except (OSError, ValueError, IndexError):
+            pass
     tail = err_path.read_bytes()[-2000:].decode(errors="replace")
-    return Sample(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, proc.returncode, tail)
+    return Sample(wall, ru.ru_utime + ru.ru_stime, maxrss, proc.returncode, tail)
 
 
 def orchestrator_bin() -> str:

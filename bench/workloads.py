@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,7 +173,7 @@ def list_schedule(jobs: list[Job], workers: int, rank: dict[str, float]) -> floa
 
 def schedule_bounds(wl: Workload) -> dict[str, float]:
     rp = remaining_path(wl.jobs)
-    work = sum(j.seconds or 0.0 for j in wl.jobs)
+    work = math.fsum(j.seconds or 0.0 for j in wl.jobs)
     cp = max(rp.values())
     lev = levels(wl.jobs)
     barrier = 0.0

@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,7 +107,9 @@ class DaskPool:
             with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
                 cluster = distributed.LocalCluster(
                     n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                    dashboard_address=None, silence_logs=logging.CRITICAL, preload=[_IGNORE_SIGINT])
+                    # no dashboard; the scheduler's HTTP endpoint on any free loopback port
+                    dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                    silence_logs=logging.CRITICAL, preload=[_IGNORE_SIGINT])
             try:
                 client = distributed.Client(cluster)
             except BaseException:
@@ -185,10 +187,7 @@ class DaskPool:
             except Exception:  # noqa: BLE001 - best effort while closing
                 pass
             for _, ours, spec in running:
-                if not ours.done():
-                    t = time.time()
-                    ours.set_result(StepResult(spec.step_id, spec.attempt, StepStatus.CANCELLED,
-                                               error="cancelled", started_at=t, finished_at=t))
+                _complete(ours, _lost(spec, StepStatus.CANCELLED, "cancelled"))
         try:
             self.client.close(timeout=CONTROL_TIMEOUT)
         except Exception:  # noqa: BLE001
@@ -250,8 +249,15 @@ class DaskPool:
                 self._control.submit(self._call, started.clear)
             except RuntimeError:  # shutting down: the Event goes with the scheduler's cleanup
                 pass
-        if not ours.done():
-            ours.set_result(result)
+        _complete(ours, result)
+
+
+def _complete(fut: Future, result: StepResult) -> None:
+    """Complete our future once: Dask's callback and shutdown may race for it."""
+    try:
+        fut.set_result(result)
+    except InvalidStateError:
+        pass
 
 
 def _lost(spec: StepSpec, status: StepStatus, error: str, worker: str = "") -> StepResult:
@@ -328,11 +334,13 @@ def _worker_address() -> str:
 def _run_here(spec: StepSpec, names: dict[str, str], address: str) -> tuple[StepResult, bytes]:
     watch = _CancelWatch(names, spec.step_id)
     if watch.seen_before():
+        # a scheduler that allows failures runs a task again when its worker dies; the step's
+        # `retries` decide about another attempt, not Dask
         t = time.time()
-        why = ("worker process died (its Dask worker was lost while running it; not run again by "
-               "Dask)")
+        why = "worker process died (its Dask worker was lost while running it)"
+        note = f"[orchestrator] attempt {spec.attempt}: {why}; its output was lost with it\n"
         return StepResult(spec.step_id, spec.attempt, StepStatus.FAILED, error=why, started_at=t,
-                          finished_at=t, worker=address), b""
+                          finished_at=t, worker=address), note.encode()
     tmp = tempfile.mkdtemp(prefix=f"orch-{spec.step_id}-")
     try:
         cancel_dir = os.path.join(tmp, "cancel")
