@@ -64,8 +64,9 @@ validate: $(VENV)/.installed ## validate every workstream in workstreams/
 	    $(ORCH) validate "$$f" || rc=1; \
 	done; exit $$rc
 
-# The peers the benchmark compares against, installed from Debian's packages when missing (as root).
-BENCH_PEERS := parallel:parallel ninja:ninja-build make:make
+# The peers the benchmark compares against (and GNU time, for peak memory), installed from Debian's
+# packages when missing (as root): command:package.
+BENCH_PEERS := parallel:parallel ninja:ninja-build make:make /usr/bin/time:time
 
 bench: $(VENV)/.installed ## benchmark against make, ninja, GNU parallel (BENCH_REPS=5 BENCH_ONLY=w1,w2)
 	@missing=""; for pair in $(BENCH_PEERS); do \

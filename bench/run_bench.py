@@ -48,7 +48,8 @@ class Bench:
 
     # --- running ---------------------------------------------------------------------------------
 
-    def peers(self, wl: W.Workload, workdir: Path, *, parallel: bool) -> list[E.Engine]:
+    def peers(self, wl: W.Workload, workdir: Path, *, parallel: bool,
+              level_barrier: bool = True) -> list[E.Engine]:
         out: list[E.Engine] = []
         if E.available("make"):
             out.append(E.Make(wl, workdir))
@@ -56,7 +57,8 @@ class Bench:
             out.append(E.Ninja(wl, workdir))
         if parallel and not wl.has_deps and E.available("parallel"):
             out.append(E.Parallel(wl, workdir))
-        out.append(E.LevelBarrier(wl, workdir))
+        if level_barrier:
+            out.append(E.LevelBarrier(wl, workdir))
         return out
 
     def alternate(self, label: str, engines: list[E.Engine], *, warmup: bool = False,
@@ -162,7 +164,7 @@ class Bench:
             engs = [E.Orchestrator(wl, wd, hints=True, name="orchestrator (estimated_duration)"),
                     E.Orchestrator(wl, wd, hints=False, twice=True,
                                    name="orchestrator (no hints, 2nd run: history)"),
-                    *self.peers(wl, wd, parallel=False)]
+                    *self.peers(wl, wd, parallel=False, level_barrier=critical_last)]
             variants.append((wl, engs, W.schedule_bounds(wl)))
         merged = [_Prefixed(e, wl.name) for wl, engs, _ in variants for e in engs]
         res = self.alternate("sleep-dag", merged)
@@ -170,6 +172,7 @@ class Bench:
             lb = b["lower_bound_s"]
             order = wl.name.split("[")[1].rstrip("]")
             peer_best = None
+            peer_names = ", ".join(e.name for e in engs if not isinstance(e, E.Orchestrator))
             for e in engs:
                 ss = res[f"{wl.name} {e.name}"]
                 w = med(s.wall_s for s in ss)
@@ -199,7 +202,7 @@ class Bench:
                     if peer_best is not None:
                         self.targets.append(Target(
                             f"sleep-dag {order}: {e.name} ahead of every peer",
-                            "faster than make, ninja, level-barrier",
+                            f"faster than {peer_names}",
                             f"{w:.2f} s vs best peer {peer_best:.2f} s", w < peer_best))
             sim_rows.append([order, fmt(b["critical_path_s"], 2), fmt(b["total_work_s"], 2),
                              fmt(b["work_per_worker_s"], 2), fmt(lb, 2),
@@ -215,7 +218,10 @@ class Bench:
              "file by remaining critical path ascending (the long chain comes last, the worst case for "
              "a first-in-first-out scheduler); *critical-first*: descending. LB = max(critical path, "
              "total work / workers). The no-hint variant runs twice in one worktrees dir per "
-             "repetition; the 2nd run is the one that counts, the 1st is shown for comparison.",
+             "repetition; the 2nd run is the one that counts, the 1st is shown for comparison. The "
+             "level-barrier runner is measured in the critical-last order only (its levels are the "
+             "same in both orders; that keeps `make bench` near 10 minutes); the simulations below "
+             "cover both.",
              *notes]))
         self.sections.append(Section(
             "sleep-dag: bounds and zero-overhead simulations",
@@ -268,8 +274,8 @@ class Bench:
         self.sections.append(Section(
             "big-graph: validate and dry-run", ["command", "steps", "edges", "wall s", "min", "max",
                                                 "CPU s", "peak RSS MB"], rows,
-            ["Steps `true`, each depending on 3 random steps among the 1000 before it. Peak RSS from "
-             "`os.wait4` of each run (the child alone). The dry-run's plan goes to /dev/null.",
+            ["Steps `true`, each depending on 3 random steps among the 1000 before it. Peak RSS of each "
+             "run from GNU time (`%M`). The dry-run's plan goes to /dev/null.",
              *growth_notes]))
 
     def timeout(self) -> None:
@@ -362,7 +368,11 @@ def _plain(s: E.Sample) -> dict:
 
 METHOD = [
     "Each engine is a child process timed from `Popen` to `os.wait4` (wall = what a user waits, "
-    "start-up included); CPU and peak RSS come from that child's rusage.",
+    "start-up included), started through GNU time for its peak RSS (`%M`; the same ~1 ms for every "
+    "engine); CPU = user + system time of the child and everything it waited for.",
+    "The machine is shared: other work running at the same time slows every engine, which is why the "
+    "engines alternate and the load average is shown above; compare ratios of one run, not walls "
+    "across runs.",
     "orchestrator: `.venv/bin/orchestrator run ws.json -q --worktrees-dir <fresh dir>` from the project "
     "directory; steps run `/bin/sh -c CMD` as the spec says.",
     "make: generated Makefile, one `.PHONY` target per step, dependencies as prerequisites, recipe "
@@ -438,6 +448,8 @@ def main() -> int:
         else:
             shutil.rmtree(root, ignore_errors=True)
     elapsed = time.perf_counter() - t0
+    machine_rows.append(["load average at end (1, 5, 15 min)",
+                         " ".join(f"{x:.2f}" for x in os.getloadavg())])
     text = R.markdown(date=date, elapsed_s=elapsed, reps=reps, only=only, machine_rows=machine_rows,
                       version_rows=version_rows, targets=bench.targets, sections=bench.sections,
                       method=METHOD, errors=bench.errors)

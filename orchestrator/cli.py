@@ -155,14 +155,15 @@ def _plan_text(ws: Workstream, max_workers: int | None, on_conflict: str,
                worktrees_dir: str | None = None) -> str:
     from .scheduler import simulate
     from .status_view import render_plan
-    from .history import durations as expected_durations
+    from .history import durations as expected_durations, priorities
     from .store import RunStore
     deps = {s.id: list(s.depends_on) for s in ws.steps}
-    durations = expected_durations(ws, RunStore(_worktrees(worktrees_dir), ws.id).read_history())
-    prio = graphmod.remaining_path(deps, ws.step_ids, durations)
+    past = RunStore(_worktrees(worktrees_dir), ws.id).read_history()
+    durations = expected_durations(ws, past)
+    workers = max_workers or ws.execution.effective_workers
+    prio = priorities(ws, past, workers)
     serialize = ([(c.step_a, c.step_b) for c in graphmod.scope_conflicts(ws)]
                  if on_conflict == "serialize" else [])
-    workers = max_workers or ws.execution.effective_workers
     plan = simulate(ws, max_workers=workers, priorities=prio, durations=durations, serialize=serialize)
     waves: dict[float, list[str]] = {}
     for sid, start, _ in plan:

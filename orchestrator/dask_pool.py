@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -96,6 +96,7 @@ class DaskPool:
         self._running: dict[str, tuple[Any, Future, StepSpec]] = {}   # key -> (dask, ours, spec)
         self._set: set[str] = set()                                    # Events we set, cleared at the end
         self._control = ThreadPoolExecutor(1, thread_name_prefix="orch-dask-control")
+        self._closing = False
         self._bootstrap = _make_bootstrap()
         pkg_parent = str(Path(__file__).resolve().parent.parent)
         self._paths = [pkg_parent]
@@ -128,13 +129,16 @@ class DaskPool:
         ours: Future = Future()
         ours.add_done_callback(callback)
         ours.set_running_or_notify_cancel()
-        missing = self._unmet_resources(spec.resources)
-        if missing:
-            t = time.time()
-            error = f"no Dask worker offers the resources {missing} (start one with --resources)"
+        error = None
+        if self.client.status in ("closing", "closed"):
+            error = "lost the connection to the Dask scheduler"
+        elif spec.resources:
+            missing = self._unmet_resources(spec.resources)
+            if missing:
+                error = f"no Dask worker offers the resources {missing} (start one with --resources)"
+        if error:
             _write_log(spec, f"[orchestrator] {error}\n".encode())
-            ours.set_result(StepResult(spec.step_id, spec.attempt, StepStatus.FAILED, error=error,
-                                       started_at=t, finished_at=t))
+            _complete(ours, _lost(spec, StepStatus.FAILED, error))
             return ours
         key = f"{spec.step_id}-{spec.attempt}-{uuid.uuid4().hex[:12]}"
         names = dict(self.names, started=self.names["started"] + key)
@@ -174,6 +178,7 @@ class DaskPool:
     def shutdown(self, *, kill: bool = False) -> None:
         if self.client is None:
             return
+        self._closing = True
         with self._lock:
             running = list(self._running.values())
         if kill and running:
@@ -188,10 +193,19 @@ class DaskPool:
                 pass
             for _, ours, spec in running:
                 _complete(ours, _lost(spec, StepStatus.CANCELLED, "cancelled"))
+        # a client still trying to reach a lost scheduler logs a traceback as it is closed; the
+        # steps already say what was lost
+        quiet = self.client.status != "running"
+        client_log = logging.getLogger("distributed.client")
+        level = client_log.level
+        if quiet:
+            client_log.setLevel(logging.CRITICAL)
         try:
             self.client.close(timeout=CONTROL_TIMEOUT)
         except Exception:  # noqa: BLE001
             pass
+        finally:
+            client_log.setLevel(level)
         if self.cluster is not None:
             try:
                 self.cluster.close(timeout=CONTROL_TIMEOUT)
@@ -202,6 +216,8 @@ class DaskPool:
     # --- helpers -----------------------------------------------------------------------------------
     def _call(self, fn: Callable[[], Any]) -> None:
         """One scheduler call from the orchestrator side, bounded; failures are not fatal."""
+        if self.client is None or self.client.status != "running":
+            return  # no scheduler to tell (it went away; a reconnecting client would wait for it)
         try:
             fn()
         except Exception as e:  # noqa: BLE001 - a flag we could not raise is reported, not raised
@@ -229,10 +245,12 @@ class DaskPool:
         _, ours, spec = entry
         data = b""
         try:
-            if fut.status == "cancelled":
-                result = _lost(spec, StepStatus.CANCELLED, "cancelled before it started")
-            else:
-                result, data = fut.result()
+            result, data = fut.result()
+        except CancelledError as e:  # we cancel only at shutdown: else the scheduler dropped it
+            why = " ".join(str(e).split("\n")[0].split()[1:]) or "cancelled"
+            result = (_lost(spec, StepStatus.CANCELLED, "cancelled") if self._closing else
+                      _lost(spec, StepStatus.FAILED, f"lost on the Dask scheduler: task {why}"))
+            data = f"[orchestrator] attempt {spec.attempt}: {result.error}\n".encode()
         except BaseException as e:  # noqa: BLE001 - e.g. KilledWorker, a lost connection
             why = _describe_failure(e)
             result = _lost(spec, StepStatus.FAILED, why, worker=_last_worker(e))

@@ -187,9 +187,8 @@ class Dispatcher:
         kept = self._prepare()
         ws = self.ws
         try:
-            durations = history.durations(ws, self.store.read_history())
-            deps = {s.id: list(s.depends_on) for s in ws.steps}
-            prio = self.opt.priorities or graph.remaining_path(deps, ws.step_ids, durations)
+            prio = self.opt.priorities or history.priorities(ws, self.store.read_history(),
+                                                              self.workers)
             serialize = []
             if self.opt.on_conflict == "serialize":
                 serialize = [(c.step_a, c.step_b) for c in graph.scope_conflicts(ws)]
@@ -362,6 +361,11 @@ class Dispatcher:
             t = self.wall()
             self._record(StepResult(sid, attempt, StepStatus.FAILED, error=mask(str(e), self.secrets),
                                     started_at=t, finished_at=t), now)
+            return
+        if spec.timeout <= 0:  # its step group's time ran out before it could start
+            t = self.wall()
+            self._record(StepResult(sid, attempt, StepStatus.TIMED_OUT, started_at=t, finished_at=t,
+                                    error=f"{spec.timeout_reason} was reached before it started"), now)
             return
         if not restart:
             self._log_line(f"STEP START {sid} attempt={attempt}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .graph import remaining_path
 from .model import Workstream
 
 SMOOTHING = 0.5          # weight of the newest run in the moving average
@@ -50,3 +51,15 @@ def updated(history: Mapping[str, Any] | None, ws: Workstream,
             value, runs = new, 1
         steps[s.id] = {"duration_s": round(value, 4), "runs": runs, "definition_hash": h}
     return {"schema_version": 1, "workstream_id": ws.id, "steps": steps}
+
+
+def priorities(ws: Workstream, history: Mapping[str, Any] | None, workers: int) -> dict[str, float]:
+    """Scheduling rank of each step: its remaining critical path by expected durations.
+
+    With one worker the order cannot change the run's length, so steps keep file order (as
+    `parallel: false` promises) and only `priority` reorders them.
+    """
+    if workers <= 1:
+        return {}
+    deps = {s.id: list(s.depends_on) for s in ws.steps}
+    return remaining_path(deps, ws.step_ids, durations(ws, history))
