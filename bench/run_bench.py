@@ -293,7 +293,7 @@ class Bench:
             rows.append([i + 1, st.get("status", "?"), fmt(dur), fmt(o), fmt(s.wall_s)])
         m = med(over)
         self.targets.append(Target("timeout fires on time", "ends ≤ 100 ms after the deadline (median)",
-                                   f"{fmt(m)} s after it (max {fmt(max(o for o in over if o is not None))} s)",
+                                   f"{fmt(m)} s after it (max {fmt(max((o for o in over if o is not None), default=None))} s)",
                                    None if m is None else m <= 0.1))
         self.sections.append(Section(
             "timeout: `sleep 10` with `timeout: 0.5`", ["repetition", "status", "duration_s",
@@ -321,7 +321,7 @@ class Bench:
                          fmt(err), fmt(max((abs(g - 0.2) for g in seen_gaps), default=None))])
         m = med(errs)
         self.targets.append(Target("rate-limit spacing", "within 20 ms of 0.2 s (median of each run's "
-                                   "worst gap)", f"{fmt(m)} s off (worst {fmt(max(e for e in errs if e is not None))} s)",
+                                   "worst gap)", f"{fmt(m)} s off (worst {fmt(max((e for e in errs if e is not None), default=None))} s)",
                                    None if m is None else m <= 0.02))
         self.sections.append(Section(
             "rate-limit: 10 steps, `rate_limit_delay: 0.2`",

@@ -153,30 +153,14 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
 
 def _plan_text(ws: Workstream, max_workers: int | None, on_conflict: str,
                worktrees_dir: str | None = None) -> str:
-    from .scheduler import simulate
+    from .plan import build_plan
     from .status_view import render_plan
-    from .history import durations as expected_durations, priorities
     from .store import RunStore
-    deps = {s.id: list(s.depends_on) for s in ws.steps}
-    past = RunStore(_worktrees(worktrees_dir), ws.id).read_history()
-    durations = expected_durations(ws, past)
-    workers = max_workers or ws.execution.effective_workers
-    prio = priorities(ws, past, workers)
     serialize = ([(c.step_a, c.step_b) for c in graphmod.scope_conflicts(ws)]
                  if on_conflict == "serialize" else [])
-    plan = simulate(ws, max_workers=workers, priorities=prio, durations=durations, serialize=serialize)
-    waves: dict[float, list[str]] = {}
-    for sid, start, _ in plan:
-        waves.setdefault(round(start, 9), []).append(sid)
-    wave_of = {sid: i for i, ids in enumerate(waves.values(), 1) for sid in ids}
-    path, length = graphmod.critical_path(deps, ws.step_ids, durations)
-    steps = [{"id": sid, "depends_on": deps[sid], "wave": wave_of[sid], "start": start,
-              "priority": ws.step(sid).priority, "remaining_path": prio.get(sid, 0.0),
-              "estimated_duration": durations[sid]} for sid, start, _ in plan]
-    return render_plan({"workstream_id": ws.id, "max_workers": workers, "steps": steps,
-                        "waves": list(waves.values()), "critical_path": path,
-                        "critical_path_s": length,
-                        "estimated_makespan_s": max((end for _, _, end in plan), default=0.0)})
+    past = RunStore(_worktrees(worktrees_dir), ws.id).read_history()
+    return render_plan(build_plan(ws, workers=max_workers or ws.execution.effective_workers,
+                                  history=past, serialize=serialize))
 
 
 @cli.command(help=_help("validate", "Check a workstream (FILE or --ws-id) without running it."))

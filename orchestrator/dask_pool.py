@@ -55,7 +55,7 @@ except ImportError:  # pragma: no cover - the dask extra is not installed
 
 CANCEL_POLL = 0.25          # seconds between two looks at the cancel Events (< 2 s cancel latency)
 CONNECT_TIMEOUT = 15        # seconds to reach a remote scheduler
-CONTROL_TIMEOUT = 10        # seconds for one Event call from the orchestrator before giving up
+CLOSE_TIMEOUT = 10          # seconds to close the client (and a cluster of our own)
 # Worker processes of a cluster we start ignore the terminal's Ctrl-C, as local pool workers do: the
 # dispatcher alone decides what an interrupt means (a preload runs again in a restarted worker).
 _IGNORE_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
@@ -83,15 +83,17 @@ class DaskPool:
 
     name = "dask"
 
-    def __init__(self, client: Any, run_id: str, cluster: Any = None):
+    def __init__(self, client: Any, run_id: str, cluster: Any = None, *, reruns: bool = True):
         self.client = client
         self.cluster = cluster
         self.run_id = run_id
         # a resumed run reuses its run id, and workers remember flags they saw set: a token of this
         # pool's own keeps an earlier session's flags from reaching this one
         prefix = f"orch-{run_id}-{uuid.uuid4().hex[:8]}"
+        # `started`: only where the scheduler runs a task again after its worker died, each task
+        # marks its start (two scheduler calls a step) so that a second run can refuse
         self.names = {"all": f"{prefix}-all", "now": f"{prefix}-now", "step": f"{prefix}-step-",
-                      "started": f"{prefix}-started-"}
+                      "started": f"{prefix}-started-" if reruns else ""}
         self._lock = threading.Lock()
         self._running: dict[str, tuple[Any, Future, StepSpec]] = {}   # key -> (dask, ours, spec)
         self._set: set[str] = set()                                    # Events we set, cleared at the end
@@ -116,13 +118,13 @@ class DaskPool:
             except BaseException:
                 cluster.close()
                 raise
-            return cls(client, run_id, cluster)
+            return cls(client, run_id, cluster, reruns=False)
         try:
             client = distributed.Client(address, timeout=CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ValueError) as e:
             raise UsageError(f"cannot reach the Dask scheduler at {address}: {e}",
                              hint="start one with `dask scheduler`, or check --scheduler") from None
-        return cls(client, run_id)
+        return cls(client, run_id, reruns=_scheduler_reruns(client))
 
     # --- the pool interface ------------------------------------------------------------------------
     def submit(self, spec: StepSpec, callback: Callable[[Future], None]) -> Future:
@@ -141,7 +143,7 @@ class DaskPool:
             _complete(ours, _lost(spec, StepStatus.FAILED, error))
             return ours
         key = f"{spec.step_id}-{spec.attempt}-{uuid.uuid4().hex[:12]}"
-        names = dict(self.names, started=self.names["started"] + key)
+        names = dict(self.names, started=self.names["started"] and self.names["started"] + key)
         fut = self.client.submit(self._bootstrap, self._paths, pickle.dumps(spec), names, key=key,
                                  pure=False, resources=dict(spec.resources) or None, retries=0)
         with self._lock:
@@ -154,7 +156,11 @@ class DaskPool:
         name = self.names.get(what) if what in ("all", "now") else self.names["step"] + what
         with self._lock:
             self._set.add(name)
-        self._control.submit(self._call, distributed.Event(name, client=self.client).set)
+        raise_flag = distributed.Event(name, client=self.client).set
+        try:
+            self._control.submit(self._call, raise_flag)   # never block the dispatcher's loop
+        except RuntimeError:  # the control thread is gone: we are shutting down
+            self._call(raise_flag)
 
     def fds(self) -> list[int]:
         return []               # results come through Dask's callback thread and the wake pipe
@@ -180,11 +186,12 @@ class DaskPool:
             return
         self._closing = True
         with self._lock:
-            running = list(self._running.values())
+            keys, running = list(self._running), list(self._running.values())
         if kill and running:
             self.cancel("now")  # steps still running remotely are killed without grace
         self._control.shutdown(wait=True)
-        for name in sorted(self._set) + [self.names["all"], self.names["now"]]:
+        markers = [self.names["started"] + key for key in keys] if self.names["started"] else []
+        for name in sorted(self._set) + [self.names["all"], self.names["now"]] + markers:
             self._call(distributed.Event(name, client=self.client).clear)
         if running:
             try:
@@ -201,21 +208,21 @@ class DaskPool:
         if quiet:
             client_log.setLevel(logging.CRITICAL)
         try:
-            self.client.close(timeout=CONTROL_TIMEOUT)
+            self.client.close(timeout=CLOSE_TIMEOUT)
         except Exception:  # noqa: BLE001
             pass
         finally:
             client_log.setLevel(level)
         if self.cluster is not None:
             try:
-                self.cluster.close(timeout=CONTROL_TIMEOUT)
+                self.cluster.close(timeout=CLOSE_TIMEOUT)
             except Exception:  # noqa: BLE001
                 pass
         self.client = None
 
     # --- helpers -----------------------------------------------------------------------------------
     def _call(self, fn: Callable[[], Any]) -> None:
-        """One scheduler call from the orchestrator side, bounded; failures are not fatal."""
+        """One scheduler call from the orchestrator side; its failure is logged, never raised."""
         if self.client is None or self.client.status != "running":
             return  # no scheduler to tell (it went away; a reconnecting client would wait for it)
         try:
@@ -261,7 +268,7 @@ class DaskPool:
         except OSError as e:
             result = dataclasses.replace(result, error=(result.error or "") + f" (log not written: {e})")
         fut.release()
-        if self.client is not None:
+        if self.client is not None and self.names["started"]:
             started = distributed.Event(self.names["started"] + key, client=self.client)
             try:
                 self._control.submit(self._call, started.clear)
@@ -305,6 +312,16 @@ def _write_log(spec: StepSpec, data: bytes) -> None:
             view = view[os.write(fd, view):]
     finally:
         os.close(fd)
+
+
+def _scheduler_reruns(client: Any) -> bool:
+    """Whether this scheduler runs a task again when its worker dies (allowed-failures > 0)."""
+    def allowed_failures(dask_scheduler):   # local, so pickled by value: no import on the scheduler
+        return dask_scheduler.allowed_failures
+    try:
+        return client.run_on_scheduler(allowed_failures) != 0
+    except Exception:  # noqa: BLE001 - unknown: assume the default (3), and guard
+        return True
 
 
 def _make_bootstrap() -> Callable:
@@ -359,6 +376,13 @@ def _run_here(spec: StepSpec, names: dict[str, str], address: str) -> tuple[Step
         note = f"[orchestrator] attempt {spec.attempt}: {why}; its output was lost with it\n"
         return StepResult(spec.step_id, spec.attempt, StepStatus.FAILED, error=why, started_at=t,
                           finished_at=t, worker=address), note.encode()
+    if watch.poll():
+        # cancelled while it waited for a free worker thread: nothing of it runs
+        t = time.time()
+        note = f"=== {spec.step_id} attempt {spec.attempt} cancelled before it started ===\n"
+        return StepResult(spec.step_id, spec.attempt, StepStatus.CANCELLED,
+                          error="cancelled before it started", started_at=t, finished_at=t,
+                          worker=address), note.encode()
     tmp = tempfile.mkdtemp(prefix=f"orch-{spec.step_id}-")
     try:
         cancel_dir = os.path.join(tmp, "cancel")
@@ -368,6 +392,7 @@ def _run_here(spec: StepSpec, names: dict[str, str], address: str) -> tuple[Step
         result_path = os.path.join(tmp, "result.pickle")
         parent = os.getpid()
         started = time.time()
+        from . import worker  # noqa: F401 - imported once here, not in every forked host
         pid = os.fork()
         if pid == 0:
             _host(here, result_path, parent)   # never returns
@@ -457,6 +482,8 @@ class _CancelWatch:
 
     def seen_before(self) -> bool:
         """Mark this task as started; True when a run of it had already started (a lost worker)."""
+        if not self.names["started"]:
+            return False
         try:
             ev = distributed.Event(self.names["started"])
             if ev.is_set():

@@ -23,7 +23,7 @@ def durations(ws: Workstream, history: Mapping[str, Any] | None) -> dict[str, fl
     out: dict[str, float] = {}
     for s in ws.steps:
         h = known.get(s.id)
-        if isinstance(h, dict) and h.get("definition_hash") == s.definition_hash() \
+        if h is not None and isinstance(h, dict) and h.get("definition_hash") == s.definition_hash() \
                 and isinstance(h.get("duration_s"), (int, float)):
             out[s.id] = float(h["duration_s"])
         elif s.estimated_duration is not None:
