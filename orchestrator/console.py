@@ -145,6 +145,7 @@ class PlainReporter(Reporter):
         # only a verbose run has logs to tail; a plain run costs the loop nothing extra
         self.tick_interval = TICK_INTERVAL if verbose and not quiet else None
         self.progress_lines = True
+        self._last_progress_line: str | None = None
         self.tails: dict[str, LogTail] = {}
         self._last_progress: float | None = None
         self._done = 0
@@ -206,7 +207,8 @@ class PlainReporter(Reporter):
         if self.progress_lines and (self._last_progress is None
                                     or now - self._last_progress >= PROGRESS_EVERY):
             self._last_progress = now
-            self._say(progress_line(done, total))
+            self._last_progress_line = progress_line(done, total)
+            self._say(self._last_progress_line)
 
     def step_changed(self, step_id: str, status: StepStatus, reason: str | None) -> None:
         if self.quiet:
@@ -230,8 +232,9 @@ class PlainReporter(Reporter):
             self._forward(step_id, final=True)
         c = summary["summary"]
         done = c["total"] - c.get("pending", 0)
-        if not self.quiet and self.progress_lines:
-            self._say(progress_line(done, c["total"]))
+        final = progress_line(done, c["total"])
+        if not self.quiet and self.progress_lines and final != self._last_progress_line:
+            self._say(final)  # the last Progress line always shows, but never twice
         self._say(summary_line(summary, run_dir))
 
 

@@ -354,13 +354,26 @@ def _cwd_problem(cwd: str, root: str) -> str | None:
     return None
 
 
+def _frozen(cls: type, **fields: Any) -> Any:
+    """Build a frozen dataclass from all its fields without its generated __init__, which sets
+    each field through object.__setattr__ — a third of the load time of a 100 000-step file."""
+    obj = object.__new__(cls)
+    obj.__dict__.update(fields)
+    return obj
+
+
+_NO_SCOPE = FilesScope()
+
+
 def _step(i: int, s: Mapping[str, Any], deps: list[str]) -> Step:
-    scope = s.get("files_scope", [])
-    if isinstance(scope, list):
+    scope = s.get("files_scope")
+    if not scope:
+        files = _NO_SCOPE
+    elif isinstance(scope, list):
         files = FilesScope(writes=tuple(scope))
     else:
         files = FilesScope(reads=tuple(scope.get("reads", ())), writes=tuple(scope.get("writes", ())))
-    return Step(
+    return _frozen(Step,
         id=s["id"], index=i, tool=s.get("tool", SHELL), tasks=tuple(s.get("tasks", ())),
         callable=s.get("callable"), args=tuple(s.get("args", ())), kwargs=dict(s.get("kwargs", {})),
         depends_on=tuple(deps), files_scope=files,

@@ -114,6 +114,10 @@ def render_status(state: Mapping[str, Any], *, now_iso: str | None = None, stale
     return "\n".join(lines)          # no final newline: the CLI echoes it
 
 
+def _duration_cell(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else human_duration(seconds)
+
+
 def _simple_table(rows: list[list[Any]], headers: list[str]) -> str:
     """tabulate's "simple" layout, built directly: tabulate needs ~70 µs a row, too slow for the
     plan of a 100 000-step workstream."""
@@ -138,15 +142,18 @@ def render_plan(plan: Mapping[str, Any]) -> str:
     def number(value: Any) -> float:
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
-    order = sorted(enumerate(steps), key=lambda item: (number(item[1].get("start")),
-                                                       wave_of.get(item[1].get("id"), 0), item[0]))
+    keys = [(number(s.get("start")), wave_of.get(s.get("id"), 0)) for s in steps]
+    order = range(len(steps))
+    if any(keys[i] > keys[i + 1] for i in range(len(keys) - 1)):  # usually already in start order
+        order = sorted(order, key=lambda i: (keys[i], i))
     rows = []
-    for _, s in order:
+    for i in order:
+        s = steps[i]
         estimate = s.get("estimated_duration")
         rows.append([s.get("id", "?"), wave_of.get(s.get("id"), s.get("wave", "-")),
-                     f"+{number(s.get('start')):.1f}s",
-                     "-" if estimate is None else human_duration(number(estimate)),
-                     s.get("priority", 0), human_duration(number(s.get("remaining_path"))),
+                     f"+{keys[i][0]:.1f}s",
+                     "-" if estimate is None else _duration_cell(number(estimate)),
+                     s.get("priority", 0), _duration_cell(number(s.get("remaining_path"))),
                      ", ".join(s.get("depends_on") or []) or "-"])
     headers = ["step", "wave", "start", "estimate", "priority", "path left", "depends on"]
     lines = [f"Plan for {plan.get('workstream_id', '?')}: {len(steps)} step{'s' if len(steps) != 1 else ''}"
