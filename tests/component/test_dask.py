@@ -299,6 +299,21 @@ def test_ctrl_c_reaches_the_running_remote_steps(cluster, project, make_workstre
 
 # --- lost workers -----------------------------------------------------------------------------------
 
+def run_killing_the_victims_worker(project, run):
+    """Run, and meanwhile kill the Dask worker whose step wrote its pid to victim.pid."""
+    def kill_its_worker():
+        pid_file = project / "victim.pid"
+        assert wait_until(pid_file.exists, timeout=60)
+        dask_worker_of(int(pid_file.read_text())).kill()
+
+    killer = threading.Thread(target=kill_its_worker)
+    killer.start()
+    try:
+        return run()
+    finally:
+        killer.join()
+
+
 def test_a_worker_killed_mid_step_fails_the_attempt_and_the_retry_runs(cluster, project, make_workstream,
                                                                         run_dask, marker):
     """`dask scheduler` allows a task 3 failures by default and would run it again silently; the step's
@@ -310,17 +325,8 @@ def test_a_worker_killed_mid_step_fails_the_attempt_and_the_retry_runs(cluster, 
         {"id": "victim", "tasks": [victim], "retries": 1, "retry_delay": 0.1},
     ], execution={"max_workers": 2})
 
-    def kill_its_worker():
-        pid_file = project / "victim.pid"
-        assert wait_until(pid_file.exists, timeout=60)
-        dask_worker_of(int(pid_file.read_text())).kill()
-
-    killer = threading.Thread(target=kill_its_worker)
-    killer.start()
-    try:
-        outcome, summary = run_dask(path, cluster.address, grace=1.0)
-    finally:
-        killer.join()
+    outcome, summary = run_killing_the_victims_worker(project, lambda: run_dask(path, cluster.address,
+                                                                                grace=1.0))
 
     step = steps_by_id(summary)["victim"]
     assert step["status"] == "succeeded" and step["attempts"] == 2
@@ -343,17 +349,7 @@ def test_an_own_local_cluster_runs_steps_and_fails_the_step_of_a_killed_worker(p
         {"id": "after", "tasks": ["echo after"], "depends_on": ["fine"]},
     ], execution={"max_workers": 2})
 
-    def kill_its_worker():
-        pid_file = project / "victim.pid"
-        assert wait_until(pid_file.exists, timeout=60)
-        dask_worker_of(int(pid_file.read_text())).kill()
-
-    killer = threading.Thread(target=kill_its_worker)
-    killer.start()
-    try:
-        outcome, summary = run_dask(path, None, grace=1.0)
-    finally:
-        killer.join()
+    outcome, summary = run_killing_the_victims_worker(project, lambda: run_dask(path, None, grace=1.0))
 
     by = steps_by_id(summary)
     assert by["fine"]["status"] == by["after"]["status"] == "succeeded"
