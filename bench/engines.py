@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,7 @@ class Sample:
 
 
 GNU_TIME = "/usr/bin/time"
+RUN_TIMEOUT = float(os.environ.get("BENCH_RUN_TIMEOUT", "120"))   # seconds; one run, killed after it
 
 
 def measure(argv: list[str], cwd: Path, *, env: dict | None = None) -> Sample:
@@ -47,9 +50,24 @@ def measure(argv: list[str], cwd: Path, *, env: dict | None = None) -> Sample:
         argv = [GNU_TIME, "-f", "%M", "-o", str(rss_path), *argv]
     with open(err_path, "wb") as err:
         t0 = time.perf_counter()
+        # own session, so that a run that hangs can be killed with everything it started
         proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env)
-        _, status, ru = os.wait4(proc.pid, 0)
+                                stderr=err, env=env, start_new_session=True)
+        hung = threading.Event()
+
+        def kill() -> None:
+            hung.set()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+        watchdog = threading.Timer(RUN_TIMEOUT, kill)
+        watchdog.start()
+        try:
+            _, status, ru = os.wait4(proc.pid, 0)
+        finally:
+            watchdog.cancel()
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here: tell Popen so it won't wait
     maxrss = ru.ru_maxrss
@@ -59,6 +77,8 @@ def measure(argv: list[str], cwd: Path, *, env: dict | None = None) -> Sample:
         except (OSError, ValueError, IndexError):
             pass
     tail = err_path.read_bytes()[-2000:].decode(errors="replace")
+    if hung.is_set():
+        tail = f"killed after {RUN_TIMEOUT:g} s (BENCH_RUN_TIMEOUT): it hung. " + tail
     return Sample(wall, ru.ru_utime + ru.ru_stime, maxrss, proc.returncode, tail)
 
 

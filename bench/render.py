@@ -102,8 +102,10 @@ def markdown(*, date: str, elapsed_s: float, reps: int, only: list[str], machine
                 for t in targets]
         out += [tabulate(rows, headers=["target", "goal", "measured", "met"], tablefmt="github"), ""]
         missed = [t.what for t in targets if t.met is False]
-        out += [f"{len(targets) - len(missed)} of {len(targets)} targets met"
-                + (f"; missed: {'; '.join(missed)}." if missed else "."), ""]
+        unknown = [t.what for t in targets if t.met is None]
+        out += [f"{sum(1 for t in targets if t.met)} of {len(targets)} targets met"
+                + (f"; missed: {'; '.join(missed)}" if missed else "")
+                + (f"; not measured (see Errors): {'; '.join(unknown)}" if unknown else "") + ".", ""]
     for s in sections:
         out += [f"## {s.title}", "", tabulate(s.rows, headers=s.headers, tablefmt="github",
                                                disable_numparse=True), ""]

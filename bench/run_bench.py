@@ -7,7 +7,8 @@ Every workload is generated into a fresh temporary project directory and run by 
 alternating (A B C A B C ...) so that drift on the machine hits every engine alike; medians are
 reported. Prints the tables and writes them, with the machine, the versions and the issue-5 targets,
 to bench/results.md (BENCH_OUT to write elsewhere; BENCH_KEEP=1 keeps the temporary directory;
-BENCH_JSON=FILE also dumps every sample).
+BENCH_JSON=FILE also dumps every sample; a single run still going after BENCH_RUN_TIMEOUT seconds,
+default 120, is killed and reported as an error).
 
 Workloads: startup, trivial-1000, chain-200, sleep-wide, sleep-dag, big-graph, timeout, rate-limit.
 """

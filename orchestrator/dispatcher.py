@@ -1,23 +1,25 @@
 """The run loop: drives the scheduler, feeds the pool, keeps the records, handles signals.
 
-One thread (the caller's) owns all bookkeeping. It sleeps in a single `select` on two pipes — the
-pool's done-callbacks and the signal wakeup fd write to one, workers report "started"/"task i of n" on
-the other — with a timeout for the next timer (rate limit, retry delay, run timeout, state flush,
-cancel backstop). Each wakeup: read progress, collect results into the scheduler, start what may
-start, write state if due. Nothing polls.
+One thread (the caller's) owns all bookkeeping. It sleeps in a single `select` on the pool's result
+descriptors (`pool.fds()`), a wake pipe (done-callbacks from executors with threads of their own, and
+the signal wakeup fd) and the workers' progress pipe ("task i of n"), with a timeout for the next timer
+(rate limit, retry delay, run timeout, state flush, load probe, cancel backstop). Each wakeup: read
+progress and results, record them in the scheduler, start what may start, write state if due. Nothing
+polls.
 
-Cancelling (fail_all, run timeout, Ctrl-C) raises flags in the run's `.cancel/` directory; workers see
-them within `worker.CANCEL_CHECK` and kill their steps' trees (SIGTERM, `--grace`, SIGKILL). A second
-Ctrl-C raises "now", which skips the grace. If workers do not answer within the grace and a margin,
-the dispatcher kills their trees itself. A pool worker killed from outside breaks the pool: the step
-it ran fails ("worker process died (signal 9)", retried per `retries`), the pool is replaced and the
-other running steps are started again on it (their interrupted attempt is not counted).
+Cancelling (fail_all, run timeout, Ctrl-C) raises flags in the run's `.cancel/` directory (and the
+pool's own channel for remote pools); workers see them within `worker.CANCEL_CHECK` and kill their
+steps' trees (SIGTERM, `--grace`, SIGKILL). A second Ctrl-C raises "now", which skips the grace. If
+workers do not answer within the grace and a margin, the dispatcher kills their trees itself. A pool
+worker killed from outside fails the step it ran ("worker process died (signal 9)", retried per
+`retries`) and the dispatcher ends that step's orphans; with `ProcessPoolExecutor`
+(`ORCHESTRATOR_POOL=stdlib`), which breaks as a whole, the pool is replaced and the other running steps
+start again on it (their interrupted attempt is not counted).
 """
 from __future__ import annotations
 
 import collections
 import os
-import re
 import select
 import signal
 import threading
@@ -29,17 +31,17 @@ from typing import Any, Callable, Mapping
 
 from . import graph, history, procs
 from .errors import UsageError
-from .interp import InterpolationError, substitute_task
-from .model import (OnFailure, PYTHON, SHELL, StepResult, StepSpec, StepStatus, Task, Workstream)
+from .interp import InterpolationError
+from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
 from .records import StepRecord, state_dict, summary_dict
 from .report import render_junit, render_report
 from .scheduler import Scheduler
+from .specs import RunContext, build_spec
 from .store import RunStore, new_run_id
 from .workerpool import WorkerDied
 
 STATE_FLUSH_INTERVAL = 0.2
-_PLACEHOLDER = re.compile(r"\{(task|step_id|ws_id|files)\}")
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -198,6 +200,11 @@ class Dispatcher:
                                                      if sid not in kept})
             for sid in kept:
                 self.records[sid].status = StepStatus.SUCCEEDED
+            self._context = RunContext(
+                ws=ws, run_id=self.run_id, run_dir=str(self.run_dir),
+                project_root=self.opt.project_root, cancel_dir=str(self.store.cancel_dir),
+                log_path=self.store.step_log, output_path=self.store.step_output,
+                extra_env=self.opt.extra_env, grace=self.opt.grace, secrets=self.secrets)
             self.t0 = self.clock()
             self.store.log(f"RUN START ws={ws.id} run={self.run_id} pid={os.getpid()} steps={len(ws.steps)} "
                            f"settings={self._execution_dict()}")
@@ -395,59 +402,18 @@ class Dispatcher:
             pass
 
     def _spec(self, sid: str, attempt: int, now: float) -> StepSpec:
-        ws, store = self.ws, self.store
-        step = ws.step(sid)
-        outputs = _Outputs(self.records)
-        sub = dict(ws_id=ws.id, run_id=self.run_id, run_dir=str(self.run_dir))
-        tasks: list[Task] = []
-        if step.tool == PYTHON:
-            inputs = {d: (self.records[d].return_value if ws.step(d).tool == PYTHON
-                          else self.records[d].outputs) for d in step.depends_on}
-            tasks.append(Task(label=step.callable or "", callable=step.callable, args=tuple(step.args),
-                              kwargs=dict(step.kwargs), inputs=inputs))
-        for t in (step.tasks if step.tool != PYTHON else ()):
-            text = substitute_task(t, outputs=outputs, **sub)
-            tasks.append(self._task(step.tool, text, sid))
-        tests = tuple(Task(label=t, argv=("/bin/sh", "-c", substitute_task(t, outputs=outputs, **sub)))
-                      for t in step.acceptance_tests)
-        timeout = step.timeout or ws.execution.timeout_per_step
+        step = self.ws.step(sid)
+        timeout = step.timeout or self.ws.execution.timeout_per_step
         reason = f"timeout of {timeout:g}s"
         g = self.group_of.get(sid)
-        if g is not None and g.timeout:
+        if g is not None and g.timeout:  # the group's clock starts with its first step
             start = self.group_start.setdefault(g.id, now)
             left = start + g.timeout - now
             if left < timeout:
                 timeout, reason = max(0.0, left), f"step group {g.id} timeout of {g.timeout:g}s"
-        env = dict(self.opt.extra_env)
-        if step.tool not in (SHELL, PYTHON):
-            env.update(ws.tools[step.tool].env)
-        env.update(step.env)
-        env.update(ORCHESTRATOR_WS_ID=ws.id, ORCHESTRATOR_RUN_ID=self.run_id,
-                   ORCHESTRATOR_STEP_ID=sid, ORCHESTRATOR_ATTEMPT=str(attempt),
-                   ORCHESTRATOR_RUN_DIR=str(self.run_dir))
-        cwd = str((self.opt.project_root / step.cwd).resolve()) if step.cwd else str(self.opt.project_root)
-        return StepSpec(ws_id=ws.id, run_id=self.run_id, step_id=sid, attempt=attempt,
-                        tasks=tuple(tasks), acceptance_tests=tests, env=env, cwd=cwd,
-                        project_root=str(self.opt.project_root), timeout=timeout, timeout_reason=reason,
-                        log_path=str(store.step_log(sid)), output_path=str(store.step_output(sid)),
-                        grace=self.opt.grace, max_log_bytes=ws.execution.max_log_bytes,
-                        secrets=self.secrets, cancel_dir=str(store.cancel_dir),
-                        resources=dict(step.resources))
-
-    def _task(self, tool: str, text: str, sid: str) -> Task:
-        if tool == SHELL:
-            return Task(label=text, argv=("/bin/sh", "-c", text))
-        t = self.ws.tools[tool]
-        files = list(self.ws.step(sid).files_scope.writes)
-        values = {"task": text, "step_id": sid, "ws_id": self.ws.id, "files": " ".join(files)}
-        argv: list[str] = []
-        for part in t.command:
-            if part == "{files}":
-                argv.extend(files)
-                continue
-            # one pass over the template, so braces inside the task itself are never expanded
-            argv.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], part))
-        return Task(label=text, argv=tuple(argv))
+        return build_spec(self._context, sid, attempt, outputs=_Outputs(self.records),
+                          return_values=_ReturnValues(self.records), timeout=timeout,
+                          timeout_reason=reason)
 
     # --- results -----------------------------------------------------------------------------------
     def _read_progress(self, fd: int, partial: bytes) -> bytes:
@@ -721,7 +687,7 @@ class _Outputs(Mapping):
     def __init__(self, records: dict[str, StepRecord]):
         self._records = records
 
-    def __getitem__(self, sid: str) -> dict[str, Any]:
+    def __getitem__(self, sid: str) -> Any:
         return self._records[sid].outputs
 
     def __iter__(self):
@@ -729,3 +695,10 @@ class _Outputs(Mapping):
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+class _ReturnValues(_Outputs):
+    """What `python` steps returned, by step id (their dependents' `inputs`)."""
+
+    def __getitem__(self, sid: str) -> Any:
+        return self._records[sid].return_value

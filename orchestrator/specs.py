@@ -1,0 +1,82 @@
+"""Turning a step of the model into the `StepSpec` a worker runs: pure, given what the run knows.
+
+A spec is everything one attempt needs and nothing else: the task argv (shell tasks through
+`/bin/sh -c`; a named tool's command template filled in one pass, so braces inside a task are never
+expanded; `python` steps as a callable with the outputs of their dependencies as `inputs`), the
+acceptance tests, the environment (`ORCHESTRATOR_*`, the tool's and the step's `env`), the working
+directory, the deadline and the run's paths. `${steps.<id>.outputs.<key>}`, `${workstream.id}`,
+`${run.id}` and `${run.dir}` are substituted here; a missing output raises `InterpolationError`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from .interp import substitute_task
+from .model import PYTHON, SHELL, StepSpec, Task, Workstream
+
+_PLACEHOLDER = re.compile(r"\{(task|step_id|ws_id|files)\}")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every spec of one run shares."""
+
+    ws: Workstream
+    run_id: str
+    run_dir: str
+    project_root: Path
+    cancel_dir: str
+    log_path: Callable[[str], str]
+    output_path: Callable[[str], str]
+    extra_env: Mapping[str, str]
+    grace: float
+    secrets: tuple[str, ...]
+
+
+def build_spec(ctx: RunContext, sid: str, attempt: int, *, outputs: Mapping[str, Mapping[str, Any]],
+               return_values: Mapping[str, Any], timeout: float, timeout_reason: str) -> StepSpec:
+    ws = ctx.ws
+    step = ws.step(sid)
+    sub = dict(outputs=outputs, ws_id=ws.id, run_id=ctx.run_id, run_dir=ctx.run_dir)
+    tasks: list[Task] = []
+    if step.tool == PYTHON:
+        inputs = {d: (return_values.get(d) if ws.step(d).tool == PYTHON else outputs[d])
+                  for d in step.depends_on}
+        tasks.append(Task(label=step.callable or "", callable=step.callable, args=tuple(step.args),
+                          kwargs=dict(step.kwargs), inputs=inputs))
+    else:
+        tasks.extend(tool_task(ws, step.tool, substitute_task(t, **sub), sid) for t in step.tasks)
+    tests = tuple(Task(label=t, argv=("/bin/sh", "-c", substitute_task(t, **sub)))
+                  for t in step.acceptance_tests)
+    env = dict(ctx.extra_env)
+    if step.tool not in (SHELL, PYTHON):
+        env.update(ws.tools[step.tool].env)
+    env.update(step.env)
+    env.update(ORCHESTRATOR_WS_ID=ws.id, ORCHESTRATOR_RUN_ID=ctx.run_id, ORCHESTRATOR_STEP_ID=sid,
+               ORCHESTRATOR_ATTEMPT=str(attempt), ORCHESTRATOR_RUN_DIR=ctx.run_dir)
+    cwd = str((ctx.project_root / step.cwd).resolve()) if step.cwd else str(ctx.project_root)
+    return StepSpec(ws_id=ws.id, run_id=ctx.run_id, step_id=sid, attempt=attempt,
+                    tasks=tuple(tasks), acceptance_tests=tests, env=env, cwd=cwd,
+                    project_root=str(ctx.project_root), timeout=timeout, timeout_reason=timeout_reason,
+                    log_path=ctx.log_path(sid), output_path=ctx.output_path(sid), grace=ctx.grace,
+                    max_log_bytes=ws.execution.max_log_bytes, secrets=ctx.secrets,
+                    cancel_dir=ctx.cancel_dir, resources=dict(step.resources))
+
+
+def tool_task(ws: Workstream, tool: str, text: str, sid: str) -> Task:
+    """One task of a step as argv: `/bin/sh -c` for shell, else the tool's command template."""
+    if tool == SHELL:
+        return Task(label=text, argv=("/bin/sh", "-c", text))
+    files = list(ws.step(sid).files_scope.writes)
+    values = {"task": text, "step_id": sid, "ws_id": ws.id, "files": " ".join(files)}
+    argv: list[str] = []
+    for part in ws.tools[tool].command:
+        if part == "{files}":
+            argv.extend(files)
+            continue
+        # one pass over the template, so braces inside the task itself are never expanded
+        argv.append(_PLACEHOLDER.sub(lambda m: values[m.group(1)], part))
+    return Task(label=text, argv=tuple(argv))
