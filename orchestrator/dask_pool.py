@@ -175,6 +175,9 @@ class DaskPool:
     def worker_pids(self) -> list[int]:
         return []               # nothing local to kill: remote hosts kill their own trees
 
+    def worker_running(self, fut) -> int | None:
+        return None
+
     def exit_codes(self) -> dict[int, int | None]:
         return {}
 

@@ -42,6 +42,7 @@ from .store import RunStore, new_run_id
 from .workerpool import WorkerDied
 
 STATE_FLUSH_INTERVAL = 0.2
+BACKSTOP_MARGIN = 30.0   # beyond timeout + grace, a worker that has not answered is killed
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
@@ -120,6 +121,7 @@ class Dispatcher:
         self._next_tick = 0.0
         self._exit_codes: dict[int, int | None] = {}
         self._task_counts: dict[str, int] = {}
+        self._submitted: dict[str, float] = {}   # clock time of the running attempt's submit
         # adaptive scaling: hold new starts while the machine is overloaded
         self.probe = load_probe
         if self.probe is None and ws.execution.adaptive_scaling:
@@ -284,8 +286,9 @@ class Dispatcher:
             times.append(self._next_tick)
         if self.probe is not None and not self.sched.stopping:
             times.append(self._next_probe)
-        if self.inflight:
-            times.append(now + 5.0)  # backstop check for workers that stopped answering
+        if self.inflight:  # the backstop for workers that stopped answering
+            times.append(min(self._submitted.get(sid, now) + self.records[sid].timeout_s
+                             + self.opt.grace + BACKSTOP_MARGIN for sid in self.inflight))
         if not times:
             return None
         return max(0.0, min(times) - now)
@@ -383,6 +386,7 @@ class Dispatcher:
             self.pool.replace()
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         self.inflight[sid] = (attempt, fut)
+        self._submitted[sid] = now
         self._task_counts[sid] = len(spec.tasks)
         if rec.started_at is None:  # until the worker says (or the result shows) when it started
             rec.started_at, rec.start_is_estimate = self.wall(), True
@@ -577,13 +581,13 @@ class Dispatcher:
             self._kill_workers_trees(grace=0.0)
             self._cancel_at = now
         for sid, (attempt, fut) in list(self.inflight.items()):
-            limit = self.records[sid].timeout_s + self.opt.grace + 30.0
-            started = self.records[sid].started_at
-            if started is not None and self.wall() - started > limit * (attempt or 1) and not fut.done():
-                pid = self.worker_pid.get(sid)
+            limit = self.records[sid].timeout_s + self.opt.grace + BACKSTOP_MARGIN
+            if now - self._submitted.get(sid, now) > limit and not fut.done():
+                pid = self.worker_pid.get(sid) or self.pool.worker_running(fut)
                 if pid:
                     self._log_line(f"STEP BACKSTOP {sid}: worker {pid} stopped answering; killing it")
                     procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
+                    self._submitted[sid] = now  # once: its death is reported as any other
 
     def _cancel(self, what: str) -> None:
         """Raise a cancel flag: "all", "now" or a step id. Local workers read the run's .cancel/

@@ -51,6 +51,9 @@ class LocalPool:
     def worker_pids(self) -> list[int]:
         return self.executor.worker_pids()
 
+    def worker_running(self, fut: Future) -> int | None:
+        return self.executor.worker_running(fut)
+
     def exit_codes(self) -> dict[int, int | None]:
         return dict(self.executor.exit_codes)
 
@@ -99,6 +102,9 @@ class StdlibPool:
     @property
     def broken(self) -> bool:
         return bool(self.executor is not None and getattr(self.executor, "_broken", False))
+
+    def worker_running(self, fut: Future) -> int | None:
+        return None  # known from the workers' "start" events instead
 
     def worker_pids(self) -> list[int]:
         return list(self._procs or {})

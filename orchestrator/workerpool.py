@@ -133,6 +133,13 @@ class WorkerPool(Executor):
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers.values()]
 
+    def worker_running(self, fut: Future) -> int | None:
+        """The pid of the worker running `fut`, if one is."""
+        for w in self._workers.values():
+            if w.future is fut:
+                return w.pid
+        return None
+
     def fds(self) -> list[int]:
         """Descriptors to select on; call `poll` with the readable ones."""
         return list(self._workers) + list(self._by_pidfd)

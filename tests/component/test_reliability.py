@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shlex
+import signal
 import stat
 import subprocess
 import sys
@@ -431,3 +432,33 @@ def test_run_directories_are_0700_and_files_0600(make_workstream, run_workstream
             if mode != 0o600:
                 wrong.append((str(p.relative_to(project)), oct(mode)))
     assert not wrong, "wrong modes:\n" + "\n".join(f"{f}: {m}" for f, m in wrong)
+
+
+def test_a_worker_that_stops_answering_is_killed_by_the_backstop(make_workstream, run_workstream,
+                                                                 project, marker, monkeypatch):
+    """A SIGSTOPped pool worker cannot enforce its step's timeout; the dispatcher's backstop kills
+    it (and the step's tree) once timeout + grace + margin have passed, and the run ends."""
+    import orchestrator.dispatcher as dispatcher
+    monkeypatch.setattr(dispatcher, "BACKSTOP_MARGIN", 0.5)
+    path = make_workstream([
+        {"id": "wedged", "timeout": 1, "tasks": [f"echo $PPID > worker.pid; {PY} -c 'import time; "
+                                                 f"time.sleep(60)' {marker}"]},
+        {"id": "fine", "tasks": ["true"]},
+    ], execution={"max_workers": 2})
+    pid_file = project / "worker.pid"
+
+    def stop_the_worker():
+        assert wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=30)
+        os.kill(int(pid_file.read_text()), signal.SIGSTOP)
+
+    stopper = threading.Thread(target=stop_the_worker, daemon=True)
+    stopper.start()
+    outcome, summary = run_workstream(path, grace=0.2)
+    stopper.join(timeout=30)
+
+    by = steps_by_id(summary)
+    assert by["fine"]["status"] == "succeeded"
+    assert by["wedged"]["status"] == "failed"
+    assert by["wedged"]["error"] == "worker process died (signal 9)"
+    log = (project / ".worktrees" / WS / "orchestrator.log").read_text()
+    assert "STEP BACKSTOP wedged" in log
