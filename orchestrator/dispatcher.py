@@ -249,6 +249,12 @@ class Dispatcher:
                     self.reporter.tick(self.records, self.wall())
                     self._next_tick = now + self.reporter.tick_interval
                 timeout = self._next_timeout(run_deadline)
+                if timeout is None and not self.inflight and not self.sched.done:
+                    # nothing runs and no timer is due: no event could ever wake us. Never hang;
+                    # say so and end the run (a bug, or a constraint the loader did not catch)
+                    self._log_line("STALL no step is running and none can start; stopping the run")
+                    self._apply(self.sched.stop("no step could start (the run stalled)"))
+                    continue
                 pool_fds = self.pool.fds()
                 try:
                     ready, _, _ = select.select([wake_r, prog_r, *pool_fds], [], [], timeout)

@@ -110,7 +110,8 @@ class Scheduler:
         self.tool_failures: dict[str, int] = {}
         self.max_concurrency = 0
         self._heap: list[tuple[tuple, str]] = []
-        self._delayed: set[str] = set()  # pending again after a failed attempt, waiting retry_delay
+        self._earliest_retry: float | None = None  # the last take_ready saw a retry delay end here
+        self._token_blocked = False       # the last take_ready stopped for the rate limiter
         self.unmet = {s.id: len(s.depends_on) for s in ws.steps}
         kept = set(keep)
         self.pending_or_running = len(self.state) - len(kept & set(self.state))
@@ -149,21 +150,21 @@ class Scheduler:
         if self.stopping or len(self.running) >= self.max_workers or not self._heap:
             return None
         times = []
-        wait = self.bucket.wait_time(now)
-        if wait > 0:
-            times.append(now + wait)
-        later = [self.state[sid].not_before for sid in self._delayed
-                 if self.state[sid].not_before > now]
-        if later:
-            times.append(min(later))
+        if self._token_blocked:
+            # the last take_ready stopped for the rate limiter: wake when (or since) its token is
+            # there, even if it came between that call and this one
+            times.append(now + self.bucket.wait_time(now))
+        if self._earliest_retry is not None:
+            times.append(max(now, self._earliest_retry))
         return min(times) if times else None
 
     # --- handing out work --------------------------------------------------------------------------
     def _may_start(self, sid: str, now: float) -> bool:
         st = self.state[sid]
         if st.not_before > now:
+            if self._earliest_retry is None or st.not_before < self._earliest_retry:
+                self._earliest_retry = st.not_before
             return False
-        self._delayed.discard(sid)
         g = self.group_of.get(sid)
         if g is not None and self.group_running[g] >= self.group_cap[g]:
             return False
@@ -183,6 +184,8 @@ class Scheduler:
         if self.stopping:
             return out
         cap = self.max_workers if limit is None else max(0, min(limit, self.max_workers))
+        self._token_blocked = False
+        self._earliest_retry = None
         aside: list[tuple[tuple, str]] = []
         while self._heap and len(self.running) < cap:
             key, sid = heapq.heappop(self._heap)
@@ -193,6 +196,7 @@ class Scheduler:
                 continue
             if not self.bucket.take(now):
                 aside.append((key, sid))
+                self._token_blocked = True
                 break
             self._start(sid)
             out.append(sid)
@@ -233,7 +237,6 @@ class Scheduler:
             delay = base * (2 ** (st.attempts - 1)) * (1.0 + 0.1 * self.rng.random())
             st.status = StepStatus.PENDING
             st.not_before = now + delay
-            self._delayed.add(sid)
             heapq.heappush(self._heap, (self._key[sid], sid))
             out.retry_at = st.not_before
             return out

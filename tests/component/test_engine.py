@@ -666,3 +666,13 @@ def test_a_huge_log_is_capped_keeping_head_and_tail(make_workstream, run_workstr
     cut = re.search(r"(\d+) bytes cut", text)
     assert cut, text[4000:6000]
     assert int(cut.group(1)) > 900_000
+
+
+def test_a_short_rate_limit_never_stalls_the_run(make_workstream, run_workstream):
+    """Regression: a token that became available between handing out steps and computing the next
+    wakeup left the loop asleep for ever (every run with rate_limit_delay 0.02 hung)."""
+    path = make_workstream([{"id": f"s{i}", "tasks": ["true"]} for i in range(10)],
+                           execution={"max_workers": 4, "rate_limit_delay": 0.02})
+    outcome, summary = run_workstream(path)
+    assert outcome.exit_code == 0
+    assert summary["summary"]["succeeded"] == 10

@@ -205,3 +205,28 @@ def test_take_ready_limit_caps_running_steps():
     assert s.take_ready(0, limit=1) == ["a"]
     assert s.take_ready(0, limit=1) == []
     assert s.take_ready(0) == ["b", "c"]
+
+
+def test_a_token_that_arrives_between_take_ready_and_next_wakeup_still_wakes_the_loop():
+    # the dispatcher calls take_ready(t1), then next_wakeup(t2) with t2 > t1: if the token became
+    # available in between, "no timer" would leave a loop with nothing running asleep for ever
+    ws = ws_of(("a", []), ("b", []), max_workers=2, rate_limit_delay=0.2)
+    s = Scheduler(ws)
+    assert s.take_ready(0.0) == ["a"]
+    assert s.take_ready(0.1) == []            # b waits for the token
+    s.finish("a", S.SUCCEEDED, 0.15)
+    wake = s.next_wakeup(0.25)                 # the token came at 0.2
+    assert wake is not None and wake <= 0.25
+    assert s.take_ready(wake) == ["b"]
+    assert s.next_wakeup(0.3) is None          # nothing left that time alone could start
+
+
+def test_a_retry_delay_that_ends_between_take_ready_and_next_wakeup_still_wakes_the_loop():
+    ws = ws_of(("a", [], {"retries": 1, "retry_delay": 0.1}), max_workers=1)
+    s = Scheduler(ws, rng=__import__("random").Random(1))
+    s.take_ready(0.0)
+    out = s.finish("a", S.FAILED, 1.0)
+    assert s.take_ready(1.0) == []             # still waiting for its retry delay
+    late = out.retry_at + 0.5                   # the delay ended before the loop asked
+    assert s.next_wakeup(late) == late
+    assert s.take_ready(late) == ["a"]
