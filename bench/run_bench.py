@@ -470,6 +470,10 @@ def main() -> int:
                       version_rows=version_rows, targets=bench.targets, sections=bench.sections,
                       method=METHOD, errors=bench.errors)
     print(text)
+    dask_results = E.BENCH_DIR / "dask" / "results.md"
+    if dask_results.exists():  # issue 6's numbers live beside the peers' (made by bench/dask/bench_dask.py)
+        body = dask_results.read_text().split("\n", 1)[-1].replace("\n## ", "\n### ")
+        text = text.rstrip("\n") + "\n\n## Dask executor vs the local pool\n" + body
     out_path.write_text(text)
     log(f"wrote {out_path}")
     if os.environ.get("BENCH_JSON"):
