@@ -15,7 +15,6 @@ import signal
 import time
 from typing import Iterable
 
-import psutil
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -58,6 +57,7 @@ def children(pid: int) -> list[int]:
     except FileNotFoundError:
         return out
     except OSError:
+        import psutil  # only where /proc's children files are missing
         try:
             return [c.pid for c in psutil.Process(pid).children()]
         except psutil.Error:
@@ -185,6 +185,7 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # killpg succeeds while zombies remain in the group; look for a live member
+    import psutil  # only on this slow path of a kill, where zombies linger in the group
     try:
         for p in psutil.process_iter(["pid"]):
             try:

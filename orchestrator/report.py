@@ -387,6 +387,20 @@ def _status_cell(status: Any) -> str:
     return f"{SYMBOLS.get(str(status), '?')} {str(status).replace('_', ' ')}"
 
 
+def _github_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> list[str]:
+    """tabulate's "github" layout for big tables, built directly: tabulate costs ~70 µs a row, which
+    is 70 ms at the end of every 1000-step run. Small tables still go through tabulate."""
+    if len(rows) <= 100:
+        return tabulate(rows, headers, tablefmt="github", disable_numparse=True).splitlines()
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(parts: Sequence[str]) -> str:
+        return "| " + " | ".join(p.ljust(w) for p, w in zip(parts, widths)) + " |"
+
+    return [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)]
+
+
 def _step_table(steps: Sequence[Mapping[str, Any]]) -> list[str]:
     rows = []
     for s in steps:
@@ -402,7 +416,7 @@ def _step_table(steps: Sequence[Mapping[str, Any]]) -> list[str]:
                      _md_cell(s.get("error") or "", ERROR_CELL_CHARS)])
     headers = ["Step", "Status", "Attempts", "Duration", "Start", "Peak memory", "CPU time", "Worker",
                "Error"]
-    return tabulate(rows, headers, tablefmt="github", disable_numparse=True).splitlines()
+    return _github_table(rows, headers)
 
 
 def _tests_table(steps: Sequence[Mapping[str, Any]]) -> list[str]:
