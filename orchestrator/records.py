@@ -7,10 +7,10 @@ dispatcher's mutable bookkeeping for one step across its attempts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from .model import StepResult, StepStatus, Workstream
-from .report import iso
+from .report import iso, max_concurrency
 
 
 @dataclass
@@ -123,18 +123,6 @@ def state_dict(*, ws: Workstream, run_id: str, status: str, pid: int, started_at
     }
 
 
-def max_concurrency(intervals: Iterable[tuple[float, float]]) -> int:
-    points = []
-    for a, b in intervals:
-        points.append((a, 1))
-        points.append((b, -1))
-    best = cur = 0
-    for _, d in sorted(points, key=lambda p: (p[0], p[1])):  # ends before starts at equal times
-        cur += d
-        best = max(best, cur)
-    return best
-
-
 def summary_dict(*, ws: Workstream, run_id: str, status: str, started_at: float, finished_at: float,
                  execution: Mapping[str, Any], records: Mapping[str, StepRecord],
                  log_file: Mapping[str, str]) -> dict[str, Any]:
@@ -142,7 +130,6 @@ def summary_dict(*, ws: Workstream, run_id: str, status: str, started_at: float,
     counts = {k: 0 for k in ("succeeded", "failed", "timed_out", "blocked", "skipped", "cancelled",
                              "pending")}
     seq = 0.0
-    intervals = []
     for sid, rec in records.items():
         st = rec.status if rec.status is not StepStatus.RUNNING else StepStatus.CANCELLED
         counts[st.value] = counts.get(st.value, 0) + 1
@@ -151,8 +138,6 @@ def summary_dict(*, ws: Workstream, run_id: str, status: str, started_at: float,
             seq += dur
         start_off = rec.started_at - started_at if rec.started_at is not None else None
         end_off = rec.finished_at - started_at if rec.finished_at is not None else None
-        if start_off is not None and end_off is not None and not rec.kept:
-            intervals.append((start_off, end_off))
         steps.append({
             "id": sid, "status": st.value, "description": rec.description,
             "depends_on": list(rec.depends_on), "attempts": rec.attempts, "exit_code": rec.exit_code,
@@ -172,7 +157,7 @@ def summary_dict(*, ws: Workstream, run_id: str, status: str, started_at: float,
         "total": total, "wall_time_s": _r(wall), "sequential_time_s": _r(seq),
         "speedup": _r(seq / wall if wall > 0 else 0.0, 3),
         "success_rate": _r(counts["succeeded"] / total if total else 0.0),
-        "max_concurrency": max_concurrency(intervals),
+        "max_concurrency": max_concurrency(steps),
     })
     return {
         "schema_version": 1, "workstream_id": ws.id, "run_id": run_id, "title": ws.title,
