@@ -20,7 +20,6 @@ import json
 import os
 import re
 import secrets as _secrets
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -284,7 +283,3 @@ def list_workstreams(root: Path) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "runs").is_dir())
-
-
-def remove_run(ws_dir: Path, run_id: str) -> None:
-    shutil.rmtree(ws_dir / "runs" / run_id, ignore_errors=True)
