@@ -245,10 +245,11 @@ class Scheduler:
         self.pending_or_running -= 1
         if status is StepStatus.SUCCEEDED:
             self.tool_failures[step.tool] = 0
+            unmet, heap, key, state = self.unmet, self._heap, self._key, self.state
             for dep in self.dependents[sid]:
-                self.unmet[dep] -= 1
-                if self.unmet[dep] == 0 and self.state[dep].status is StepStatus.PENDING:
-                    heapq.heappush(self._heap, (self._key[dep], dep))
+                unmet[dep] -= 1
+                if unmet[dep] == 0 and state[dep].status is StepStatus.PENDING:
+                    heapq.heappush(heap, (key[dep], dep))
             return out
         if status is StepStatus.CANCELLED and self.interrupted:
             return out  # an interrupted run leaves dependents pending, to be resumed

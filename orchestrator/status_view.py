@@ -119,16 +119,14 @@ def _duration_cell(seconds: float) -> str:
 
 
 def _simple_table(rows: list[list[Any]], headers: list[str]) -> str:
-    """tabulate's "simple" layout, built directly: tabulate needs ~70 µs a row, too slow for the
-    plan of a 100 000-step workstream."""
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-
-    def line(parts: list[str]) -> str:
-        return "  ".join(p.ljust(w) for p, w in zip(parts, widths)).rstrip()
-
-    out = [line(headers), "  ".join("-" * w for w in widths)]
-    out.extend(line(r) for r in cells)
+    """tabulate's "simple" layout, built directly and column by column: tabulate needs ~70 µs a
+    row, too slow for the plan of a 100 000-step workstream."""
+    columns = [[str(c) for c in col] for col in zip(*rows)] if rows else [[] for _ in headers]
+    widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip(headers, columns)]
+    padded = [[c.ljust(w) for c in col] for col, w in zip(columns, widths)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+           "  ".join("-" * w for w in widths)]
+    out.extend("  ".join(parts).rstrip() for parts in zip(*padded))
     return "\n".join(out)
 
 
