@@ -81,6 +81,7 @@ class RunStore:
         self._lock_fd: int | None = None
         self._log = None
         self.secrets: tuple[str, ...] = ()   # masked in everything this store writes
+        self._stamp_sec, self._stamp = -1, ""
 
     # --- lock --------------------------------------------------------------------------------------
     def acquire_lock(self, run_id: str) -> str | None:
@@ -181,9 +182,11 @@ class RunStore:
             _mkdir(self.ws_dir)
             fd = os.open(self.ws_dir / "orchestrator.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._log = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
-        ms = int((time.time() % 1) * 1000)
-        self._log.write(f"{stamp}.{ms:03d}Z {mask(line, self.secrets)}\n")
+        now = time.time()
+        sec = int(now)
+        if sec != self._stamp_sec:  # one clock read per line; strftime once a second
+            self._stamp_sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        self._log.write(f"{self._stamp}.{int((now - sec) * 1000):03d}Z {mask(line, self.secrets)}\n")
 
     def close(self) -> None:
         if self._log is not None:
