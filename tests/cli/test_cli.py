@@ -366,6 +366,26 @@ def test_visualize_dependencies_script(make_workstream, project):
         assert "flowchart" in text and '"a"' in text and '"b"' in text
 
 
+@pytest.mark.parametrize("have_dot", [True, False])
+def test_graph_png_uses_graphviz_or_says_why_not(have_dot, make_workstream, project, monkeypatch):
+    import shutil
+
+    import orchestrator.cli as cli_module
+    if have_dot and shutil.which("dot") is None:
+        pytest.skip("Graphviz is not installed here; the fallback case covers this machine")
+    if not have_dot:
+        monkeypatch.setattr(cli_module.shutil, "which", lambda name: None)
+    make_workstream([{"id": "a"}, {"id": "b", "depends_on": ["a"]}])
+    result = invoke("graph", "--ws-id", "ws-test", "--format", "png", "-o", "g.png")
+    assert result.exit_code == 0, result.output
+    if have_dot:
+        assert (project / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert not (project / "g.png").exists()
+        assert "flowchart" in (project / "g.mmd").read_text()
+        assert "Graphviz" in result.output and "g.mmd" in result.output
+
+
 # --- lock and interrupt -------------------------------------------------------------------------------
 
 def start_run(project: Path, ws_id: str, *extra: str) -> subprocess.Popen:
