@@ -19,6 +19,7 @@ start again on it (their interrupted attempt is not counted).
 from __future__ import annotations
 
 import collections
+import json
 import os
 import select
 import signal
@@ -120,7 +121,6 @@ class Dispatcher:
         self._cancel_at: float | None = None
         self._next_tick = 0.0
         self._exit_codes: dict[int, int | None] = {}
-        self._task_counts: dict[str, int] = {}
         self._submitted: dict[str, float] = {}   # clock time of the running attempt's submit
         # adaptive scaling: hold new starts while the machine is overloaded
         self.probe = load_probe
@@ -393,7 +393,6 @@ class Dispatcher:
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         self.inflight[sid] = (attempt, fut)
         self._submitted[sid] = now
-        self._task_counts[sid] = len(spec.tasks)
         if rec.started_at is None:  # until the worker says (or the result shows) when it started
             rec.started_at, rec.start_is_estimate = self.wall(), True
         if spec.tasks:
@@ -427,7 +426,6 @@ class Dispatcher:
 
     # --- results -----------------------------------------------------------------------------------
     def _read_progress(self, fd: int, partial: bytes) -> bytes:
-        import json
         try:
             while True:
                 chunk = os.read(fd, 65536)
@@ -453,8 +451,6 @@ class Dispatcher:
                 rec.worker = f"local:{ev[3]}"
                 if (rec.started_at is None or rec.start_is_estimate) and len(ev) > 4:
                     rec.started_at, rec.start_is_estimate = ev[4], False
-                count = self._task_counts.get(sid, 0)
-                rec.task_index, rec.task_count = (1, count) if count else (None, None)
                 self._dirty = True
             elif kind == "task":
                 self.records[sid].task_index, self.records[sid].task_count = ev[2], ev[3]

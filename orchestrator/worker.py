@@ -23,6 +23,7 @@ import inspect
 import importlib
 import json
 import os
+import resource
 import select
 import signal
 import sys
@@ -348,7 +349,6 @@ def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSin
 
 
 def _own_hwm() -> int:
-    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
