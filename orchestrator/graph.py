@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import lt
 from typing import Any, Mapping, Sequence
 
 from .globs import GlobNFA, glob_overlap, is_directory, is_literal, literal_prefix, normalize_glob
@@ -118,7 +120,18 @@ def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
     """A dependency cycle as `[a, b, c, a]` (a depends on b, b on c, c on a), or None.
 
     Iterative depth-first search with three colours; the first back edge closes the cycle.
+    Files nearly always list a step after its dependencies, and when every edge points back to an
+    earlier node there is no cycle: that is checked first, in C (map/all over the flattened edges),
+    in a fraction of the time of the search.
     """
+    pos = {node: i for i, node in enumerate(deps)}
+    owners = chain.from_iterable(map(repeat, range(len(pos)), map(len, deps.values())))
+    targets = map(pos.__getitem__, chain.from_iterable(deps.values()))
+    try:
+        if all(map(lt, targets, owners)):
+            return None
+    except KeyError:
+        pass                               # an unknown dependency: the search below skips it
     state: dict[str, int] = {}            # absent: unseen; 1: on the current path; 2: finished
     for root in deps:
         if root in state:

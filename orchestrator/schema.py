@@ -17,6 +17,8 @@ import functools
 import json
 import re
 from importlib import resources
+from itertools import chain, repeat
+from operator import contains, itemgetter, methodcaller
 from typing import Any, Callable, Iterable
 
 from typing import TYPE_CHECKING
@@ -117,6 +119,43 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
             node = node[part]
         return node
 
+    def target(s: Any) -> Any:
+        """`s` with wrappers that hold nothing but a `$ref` (and annotations) followed."""
+        while isinstance(s, dict) and "$ref" in s and s.keys() - _ANNOTATIONS == {"$ref"}:
+            s = resolve(s["$ref"])
+        return s
+
+    def string_rules(s: Any) -> tuple[Callable[[str], Any] | None, int] | None:
+        """(pattern search, minLength) when `s` is a string with nothing else to check."""
+        s = target(s)
+        if not isinstance(s, dict) or s.get("type") != "string" or not (
+                s.keys() - _ANNOTATIONS <= {"type", "pattern", "minLength"}):
+            return None
+        return (re.compile(s["pattern"]).search if "pattern" in s else None,
+                s.get("minLength", 0))
+
+    def fused(s: dict[str, Any]) -> Callable[[Any], bool] | None:
+        """One closure for the common shapes (a string with a pattern, a list of such strings, an
+        object of known properties): the type is tested once and lists are walked in C, where the
+        general composition below calls a closure per keyword and per item."""
+        keys = s.keys() - _ANNOTATIONS
+        kind = s.get("type")
+        rules = string_rules(s)
+        if rules is not None:
+            return functools.partial(_check_string, *rules)
+        if kind == "array" and keys <= {"type", "items", "minItems"}:
+            items = s.get("items", True)
+            item_rules = string_rules(items)
+            if item_rules is not None:
+                return functools.partial(_check_strings, s.get("minItems", 0), *item_rules)
+            return functools.partial(_check_list, s.get("minItems", 0), comp(items))
+        if kind == "object" and keys <= {"type", "properties", "additionalProperties", "required"}:
+            props = {k: comp(v) for k, v in s.get("properties", {}).items()}
+            extra = s.get("additionalProperties", True)
+            return functools.partial(_check_dict, tuple(s.get("required", ())), props,
+                                     None if extra is True else comp(extra))
+        return None
+
     def comp(s: Any) -> Callable[[Any], bool]:
         if s is True:
             return lambda x: True
@@ -124,6 +163,10 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
             return lambda x: False
         if id(s) in done:
             return done[id(s)]
+        quick = fused(s)
+        if quick is not None:
+            done[id(s)] = quick
+            return quick
         checks: list[Callable[[Any], bool]] = []
         props = {k: comp(v) for k, v in s.get("properties", {}).items()}
         extra = s.get("additionalProperties", True)
@@ -184,6 +227,33 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         return check
 
     return comp
+
+
+def _check_string(search: Callable[[str], Any] | None, min_length: int, x: Any) -> bool:
+    return isinstance(x, str) and len(x) >= min_length and (search is None or search(x) is not None)
+
+
+def _check_strings(min_items: int, search: Callable[[str], Any] | None, min_length: int,
+                   x: Any) -> bool:
+    # map() keeps the loops in C; a Match is always true, so all(map(search, x)) tests each item.
+    return (isinstance(x, list) and len(x) >= min_items
+            and all(map(isinstance, x, repeat(str)))
+            and (min_length <= 0 or min(map(len, x), default=min_length) >= min_length)
+            and (search is None or all(map(search, x))))
+
+
+def _check_list(min_items: int, item: Callable[[Any], bool], x: Any) -> bool:
+    return isinstance(x, list) and len(x) >= min_items and all(map(item, x))
+
+
+def _check_dict(required: tuple[str, ...], props: dict[str, Callable[[Any], bool]],
+                extra: Callable[[Any], bool] | None, x: Any) -> bool:
+    if not isinstance(x, dict):
+        return False
+    for k in required:
+        if k not in x:
+            return False
+    return _check_object(props, extra, x)
 
 
 def _check_all(checks: tuple[Callable[[Any], bool], ...], x: Any) -> bool:
@@ -263,11 +333,13 @@ def newline_ids(data: dict[str, Any]) -> list[Issue]:
             for k, x in enumerate(group["steps"]):
                 yield ("step_groups", g, "steps", k), x
 
-    # A cheap first look: the full walk (which builds a path per value) only when there is one.
-    flat = [data["id"]] + [s["id"] for s in data["steps"]] + [
-        d for s in data["steps"] for d in s.get("depends_on", ())]
-    if not any(v.endswith("\n") for v in flat) and not any(
-            "callable" in s for s in data["steps"]) and "step_groups" not in data:
+    # A cheap first look, in C: no newline anywhere in the ids means none ends with one. The full
+    # walk (which builds a path per value) runs only when there may be one.
+    steps = data["steps"]
+    flat = chain([data["id"]], map(itemgetter("id"), steps),
+                 chain.from_iterable(map(methodcaller("get", "depends_on", ()), steps)))
+    if "\n" not in "\0".join(flat) and not any(map(contains, steps, repeat("callable"))) \
+            and "step_groups" not in data:
         return []
     return [Issue(f"invalid value {json.dumps(value)}: it ends with a newline", where)
             for where, value in places() if value.endswith("\n")]
