@@ -306,7 +306,10 @@ def _last_worker(e: BaseException) -> str:
 
 
 def _write_log(spec: StepSpec, data: bytes) -> None:
-    """The attempt's log on the orchestrator's side, as `worker.LogSink` writes it locally."""
+    """The attempt's log on the orchestrator's side, as `worker.LogSink` writes it locally (no
+    file for an attempt that left none)."""
+    if not data:
+        return
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if spec.attempt > 1 else os.O_TRUNC)
     fd = os.open(spec.log_path, flags, 0o600)
     try:

@@ -255,12 +255,14 @@ class Dispatcher:
                     self._log_line("STALL no step is running and none can start; stopping the run")
                     self._apply(self.sched.stop("no step could start (the run stalled)"))
                     continue
+                if self._done:  # a step ended while it was being submitted
+                    timeout = 0.0
                 pool_fds = self.pool.fds()
                 try:
                     ready, _, _ = select.select([wake_r, prog_r, *pool_fds], [], [], timeout)
                 except InterruptedError:
                     ready = []
-                if pool_fds and ready:
+                if pool_fds:  # readable descriptors, and the pool's own timers
                     # progress first: a step's "started" must be known before its result
                     partial = self._read_progress(prog_r, partial)
                     self.pool.poll(ready)
@@ -292,6 +294,11 @@ class Dispatcher:
             times.append(self._next_tick)
         if self.probe is not None and not self.sched.stopping:
             times.append(self._next_probe)
+        hint = getattr(self.pool, "wait_hint", None)
+        if hint is not None:  # a pool that enforces deadlines in this loop
+            due = hint(time.monotonic())
+            if due is not None:
+                times.append(now + due)
         if self.inflight:  # the backstop for workers that stopped answering
             times.append(min(self._submitted.get(sid, now) + self.records[sid].timeout_s
                              + self.opt.grace + BACKSTOP_MARGIN for sid in self.inflight))
@@ -681,10 +688,17 @@ class Dispatcher:
 
 
 def _local_pool(workers: int, progress_fd: int | None, dispatcher: "Dispatcher"):
-    from .pool import LocalPool, StdlibPool
-    if os.environ.get("ORCHESTRATOR_POOL") == "stdlib":
+    """The local pool: shell steps inline (the default), or every step on pool workers
+    (`ORCHESTRATOR_POOL=workers`), or on `ProcessPoolExecutor` (`ORCHESTRATOR_POOL=stdlib`)."""
+    kind = os.environ.get("ORCHESTRATOR_POOL", "inline")
+    if kind == "stdlib":
+        from .pool import StdlibPool
         return StdlibPool(workers, progress_fd)
-    return LocalPool(workers, progress_fd)
+    if kind == "workers":
+        from .pool import LocalPool
+        return LocalPool(workers, progress_fd)
+    from .inline import InlinePool
+    return InlinePool(workers, progress_fd, dispatcher.run_id)
 
 
 class _Outputs(Mapping):

@@ -64,6 +64,19 @@ def children(pid: int) -> list[int]:
             return []
 
 
+def own_children() -> list[int]:
+    """Children of this process's main thread, which is where our spawns and re-parented orphans
+    land: one read, for the check at the end of every step."""
+    try:
+        fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+    except OSError:
+        return children(os.getpid())
+    try:
+        return [int(x) for x in os.read(fd, 65536).split()]
+    finally:
+        os.close(fd)
+
+
 def descendants(pid: int) -> list[int]:
     """Every living descendant of `pid`, parents before children."""
     out: list[int] = []
@@ -211,6 +224,60 @@ def tree_rss(root: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
     return total
+
+
+def rss(pid: int) -> int:
+    """Resident memory of one process, in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def run_marker(pid: int) -> tuple[str, str] | None:
+    """(ORCHESTRATOR_RUN_ID, ORCHESTRATOR_STEP_ID) from a process's environment, if it has them."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = f.read().split(b"\0")
+    except OSError:
+        return None
+    run = step = None
+    for item in env:
+        if item.startswith(b"ORCHESTRATOR_RUN_ID="):
+            run = item[20:].decode(errors="replace")
+        elif item.startswith(b"ORCHESTRATOR_STEP_ID="):
+            step = item[21:].decode(errors="replace")
+    return (run, step) if run is not None and step is not None else None
+
+
+def marked(run_id: str, step_id: str | None = None) -> list[int]:
+    """Every living process (but this one) whose environment says it belongs to run `run_id` (and
+    step `step_id`): a scan of /proc, for the rare paths where a tree has lost its parent links."""
+    me, out = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me:
+            owner = run_marker(int(name))
+            if (owner is not None and owner[0] == run_id and step_id in (None, owner[1])
+                    and _alive(int(name))):
+                out.append(int(name))
+    return out
+
+
+def kill_marked(run_id: str, grace: float) -> None:
+    """SIGTERM every process of run `run_id`, wait up to `grace`, SIGKILL the rest; repeat until
+    none is left (one may fork meanwhile)."""
+    deadline = time.monotonic() + grace
+    sig = signal.SIGTERM
+    for _ in range(100):
+        pids = marked(run_id)
+        if not pids:
+            return
+        _signal(pids, sig)
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.01)  # waiting for the processes to end, with a deadline
+        if time.monotonic() >= deadline:
+            sig = signal.SIGKILL
 
 
 def pid_alive(pid: int) -> bool:

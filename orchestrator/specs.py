@@ -49,12 +49,15 @@ def build_spec(ctx: RunContext, sid: str, attempt: int, *, outputs: Mapping[str,
                           kwargs=dict(step.kwargs), inputs=inputs))
     else:
         tasks.extend(tool_task(ws, step.tool, substitute_task(t, **sub), sid) for t in step.tasks)
-    tests = tuple(Task(label=t, argv=("/bin/sh", "-c", substitute_task(t, **sub)))
-                  for t in step.acceptance_tests)
     env = dict(ctx.extra_env)
     if step.tool not in (SHELL, PYTHON):
         env.update(ws.tools[step.tool].env)
     env.update(step.env)
+    path = env.get("PATH")
+    if step.tool == SHELL:
+        tasks = [Task(t.label, shell_argv(t.label, path)) for t in tasks]
+    tests = tuple(Task(label=t, argv=shell_argv(substitute_task(t, **sub), path))
+                  for t in step.acceptance_tests)
     env.update(ORCHESTRATOR_WS_ID=ws.id, ORCHESTRATOR_RUN_ID=ctx.run_id, ORCHESTRATOR_STEP_ID=sid,
                ORCHESTRATOR_ATTEMPT=str(attempt), ORCHESTRATOR_RUN_DIR=ctx.run_dir)
     cwd = str((ctx.project_root / step.cwd).resolve()) if step.cwd else str(ctx.project_root)
@@ -64,6 +67,32 @@ def build_spec(ctx: RunContext, sid: str, attempt: int, *, outputs: Mapping[str,
                     log_path=ctx.log_path(sid), output_path=ctx.output_path(sid), grace=ctx.grace,
                     max_log_bytes=ws.execution.max_log_bytes, secrets=ctx.secrets,
                     cancel_dir=ctx.cancel_dir, resources=dict(step.resources))
+
+
+# A command made of plain words only (no quoting, expansion, redirection, globbing, operators or
+# newlines) means the same with or without a shell, so it is exec'd directly, as make does: one exec
+# instead of two. Shell builtins and keywords, assignments and names not found on PATH keep the shell.
+_PLAIN = re.compile(r"[A-Za-z0-9_./:,+@%=-]+(?: +[A-Za-z0-9_./:,+@%=-]+)*")
+_SH_WORDS = frozenset(
+    ". : [ alias bg break case cd command continue do done echo elif else esac eval exec exit export "
+    "fc fg fi for getopts hash if in jobs kill local printf pwd read readonly return set shift "
+    "test then times trap type ulimit umask unalias unset until wait while".split())
+_FOUND: dict[tuple[str, str | None], str | None] = {}
+
+
+def shell_argv(text: str, path: str | None = None) -> tuple[str, ...]:
+    """argv for a shell task: the words themselves when the shell would only split them, else
+    `/bin/sh -c text`. `path`: the PATH the step will see (None: ours)."""
+    words = text.split() if _PLAIN.fullmatch(text) else None
+    if words and "/" not in words[0] and "=" not in words[0] and words[0] not in _SH_WORDS:
+        key = (words[0], path)
+        if key not in _FOUND:
+            import shutil
+            _FOUND[key] = shutil.which(words[0], path=path)
+        exe = _FOUND[key]
+        if exe:
+            return (exe, *words[1:])
+    return ("/bin/sh", "-c", text)
 
 
 def tool_task(ws: Workstream, tool: str, text: str, sid: str) -> Task:

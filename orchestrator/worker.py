@@ -113,8 +113,10 @@ class LogSink:
     """Writes a step's output to its log as it comes: secrets masked, size capped (head and tail)."""
 
     def __init__(self, path: str, max_bytes: int, secrets: tuple[str, ...], append: bool):
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
-        self.fd = os.open(path, flags, 0o600)
+        self.path = path
+        self.flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
+        self.fd: int | None = None     # created with the first output, or at close when kept
+        self.held: list[str] = []      # our own notes, until the file is created
         self.head_limit = max(0, max_bytes // 2)
         self.tail_limit = max(0, max_bytes - self.head_limit)
         self.written = 0
@@ -132,7 +134,21 @@ class LogSink:
             data = data.replace(s, b"***")
         return data
 
+    def _open(self) -> int:
+        """Create the file: a new inode costs 0.01-0.7 ms on ext4, so a step that succeeds without
+        printing anything never pays it. Held notes go first."""
+        self.fd = os.open(self.path, self.flags, 0o600)
+        held, self.held = self.held, []
+        for text in held:   # not into `recent`: test tails are the tests' own output
+            self._write(text.encode() + b"\n", remember=False)
+        return self.fd
+
     def write(self, data: bytes, final: bool = False) -> None:
+        if data and self.fd is None:
+            self._open()
+        self._write(data, final)
+
+    def _write(self, data: bytes, final: bool = False, remember: bool = True) -> None:
         if self.secrets:
             # mask the whole buffer, then keep back its last bytes: they may be the start of a
             # secret that the next chunk completes (a secret starting earlier ends inside it)
@@ -142,13 +158,14 @@ class LogSink:
         if not data:
             return
         self.total += len(data)
-        self.recent += data
+        if remember:
+            self.recent += data
         if len(self.recent) > 8192:
             del self.recent[:-4096]
         room = self.head_limit - self.written
         if room > 0:
             part = data[:room]
-            os.write(self.fd, part)
+            os.write(self.fd if self.fd is not None else self._open(), part)
             self.written += len(part)
             data = data[room:]
         if data:
@@ -160,13 +177,21 @@ class LogSink:
                 self.tail.popleft()
 
     def note(self, text: str) -> None:
-        self.write(text.encode() + b"\n")
+        if self.fd is None:
+            self.held.append(text)
+        else:
+            self._write(text.encode() + b"\n")
 
     def recent_text(self, lines: int = 20) -> str:
         return "\n".join(bytes(self.recent).decode(errors="replace").splitlines()[-lines:])
 
-    def close(self) -> None:
-        self.write(b"", final=True)
+    def close(self, keep: bool = True) -> None:
+        """Finish the log. With nothing printed and `keep` false, no file is created at all."""
+        if self.fd is None:
+            if not keep:
+                return
+            self._open()
+        self._write(b"", final=True)
         if self.tail:
             blob = b"".join(self.tail)
             extra = self.tail_size - self.tail_limit
@@ -179,6 +204,12 @@ class LogSink:
                                    f"(max_log_bytes) ...]\n".encode())
             os.write(self.fd, blob)
         os.close(self.fd)
+
+
+def keep_log(spec: StepSpec, status: StepStatus) -> bool:
+    """Whether a step that printed nothing still gets a log file: when it did not succeed (the log
+    says what ran and how it ended), and on a retry (the attempts share one log)."""
+    return status is not StepStatus.SUCCEEDED or spec.attempt > 1
 
 
 # --- running one child ----------------------------------------------------------------------------
@@ -206,6 +237,8 @@ def _spawn_python(task: Task, spec: StepSpec, env: dict[str, str], wfd: int, res
         os.dup2(devnull, 0)
         os.chdir(spec.cwd)
         os.environ.update(env)
+        from . import USER_DONT_WRITE_BYTECODE
+        sys.dont_write_bytecode = USER_DONT_WRITE_BYTECODE
         sys.stdout = open(1, "w", buffering=1, closefd=False)
         sys.stderr = open(2, "w", buffering=1, closefd=False)
         if spec.project_root not in sys.path:
@@ -254,7 +287,7 @@ def _run_child(task: Task, spec: StepSpec, env: dict[str, str], deadline: float,
             try:
                 pid = _spawn(task.argv, env, wfd)
             except OSError as e:
-                sink.note(f"[orchestrator] cannot start {task.argv[0]!r}: {e.strerror or e}")
+                note_spawn_error(sink, task, e)
                 return _Ran(127, "spawn_error")
     finally:
         os.close(wfd)
@@ -375,6 +408,10 @@ def _read_outputs(path: str) -> dict[str, str]:
             lines = f.read().splitlines()
     except OSError:
         return out
+    try:  # the values now live in the (masked) state; the raw file may hold a secret
+        os.unlink(path)
+    except OSError:
+        pass
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -413,6 +450,78 @@ def run_step(spec: StepSpec) -> StepResult:
                           started_at=started, finished_at=time.time(), worker=f"local:{os.getpid()}")
 
 
+class Verdict:
+    """How an attempt is going, child by child: what `run_step` and the inline pool both keep."""
+
+    __slots__ = ("status", "error", "exit_code", "value", "tests", "rss", "cpu")
+
+    def __init__(self) -> None:
+        self.status, self.error, self.exit_code, self.value = StepStatus.SUCCEEDED, None, 0, None
+        self.tests: list[TestResult] = []
+        self.rss, self.cpu = 0, 0.0
+
+
+def note_spawn_error(sink: LogSink, task: Task, e: OSError) -> None:
+    sink.note(f"[orchestrator] cannot start {task.argv[0]!r}: {e.strerror or e}")
+
+
+def judge_task(v: Verdict, spec: StepSpec, i: int, task: Task, ran: _Ran, cancelled: bool,
+               result_path: str | None = None) -> None:
+    """Task `i` (1-based) has ended: update the verdict. `cancelled`: the run cancelled this step."""
+    v.rss, v.cpu, v.exit_code = max(v.rss, ran.maxrss), v.cpu + ran.cpu, ran.rc
+    where = f"in task {i}: `{task.label}`"
+    if ran.outcome == "timeout":
+        v.status, v.error = StepStatus.TIMED_OUT, f"timed out ({spec.timeout_reason}) {where}"
+    elif ran.outcome == "cancelled" or (ran.rc != 0 and cancelled):
+        v.status, v.error = StepStatus.CANCELLED, f"cancelled {where}"
+    elif ran.rc != 0:
+        v.status, v.error = StepStatus.FAILED, f"{_describe(ran)} {where}"
+        reason = _python_error(result_path) if task.callable and result_path else None
+        if reason:
+            v.error = f"{v.error}: {reason}"
+    elif task.callable and result_path:
+        res = _load_json(result_path)
+        if not res.get("ok"):
+            v.status, v.error = StepStatus.FAILED, f"{res.get('error', 'no result')} {where}"
+        else:
+            v.value = res.get("value")
+
+
+def judge_test(v: Verdict, spec: StepSpec, i: int, test: Task, ran: _Ran, took: float,
+               sink: LogSink, mark: int, cancelled: bool) -> None:
+    """Acceptance test `i` (1-based) has ended; `mark`: where its output starts in `sink.recent`."""
+    tail = bytes(sink.recent[mark:] if mark <= len(sink.recent) else sink.recent)
+    tail_text = "\n".join(tail.decode(errors="replace").splitlines()[-20:])
+    where = f"acceptance test {i}"
+    if ran.outcome == "timeout":
+        v.tests.append(TestResult(test.label, "timed_out", ran.rc, took, tail_text))
+        v.status, v.error = StepStatus.TIMED_OUT, (
+            f"timed out ({spec.timeout_reason}) in {where}: `{test.label}`")
+    elif ran.outcome == "cancelled" or (ran.rc != 0 and cancelled):
+        v.tests.append(TestResult(test.label, "cancelled", ran.rc, took, tail_text))
+        v.status, v.error = StepStatus.CANCELLED, f"cancelled in {where}: `{test.label}`"
+    elif ran.rc != 0:
+        v.tests.append(TestResult(test.label, "failed", ran.rc, took, tail_text))
+        if v.status is StepStatus.SUCCEEDED:
+            v.status, v.error = StepStatus.FAILED, f"{where} failed ({_describe(ran)}): `{test.label}`"
+    else:
+        v.tests.append(TestResult(test.label, "passed", 0, took, tail_text))
+
+
+def build_result(spec: StepSpec, started: float, v: Verdict, sink: LogSink, worker: str) -> StepResult:
+    """The attempt's StepResult, with the outputs the step wrote (the file is then deleted)."""
+    outputs: dict[str, Any] = dict(_read_outputs(spec.output_path))   # and deletes the file
+    if isinstance(v.value, dict):
+        outputs.update(v.value)
+    elif v.value is not None:
+        outputs.setdefault("value", v.value)
+    return StepResult(spec.step_id, spec.attempt, v.status, exit_code=v.exit_code, error=v.error,
+                      started_at=started, finished_at=time.time(), outputs=outputs,
+                      return_value=v.value, acceptance_tests=tuple(v.tests),
+                      peak_rss_bytes=v.rss or None, cpu_time_s=round(v.cpu, 4), worker=worker,
+                      log_bytes=sink.total)
+
+
 def _run_step(spec: StepSpec, started: float) -> StepResult:
     if _announce_start:
         _emit("start", spec.step_id, spec.attempt, os.getpid(), started)
@@ -428,10 +537,8 @@ def _run_step(spec: StepSpec, started: float) -> StepResult:
     except FileNotFoundError:
         pass
     result_path = spec.output_path + ".return.json"
-    status, error, exit_code, value = StepStatus.SUCCEEDED, None, 0, None
-    rss, cpu = 0, 0.0
+    v = Verdict()
     cancel_state: list = [None]
-    tests: list[TestResult] = []
     n = len(spec.tasks)
     try:
         for i, task in enumerate(spec.tasks, 1):
@@ -440,86 +547,37 @@ def _run_step(spec: StepSpec, started: float) -> StepResult:
             sink.note(f"{header}--- task {i}/{n}: {task.label}")
             header = ""
             ran = _run_child(task, spec, env, deadline, sink, cancel_state, result_path)
-            rss, cpu = max(rss, ran.maxrss), cpu + ran.cpu
-            exit_code = ran.rc
-            where = f"in task {i}: `{task.label}`"
-            if ran.outcome == "timeout":
-                status, error = StepStatus.TIMED_OUT, f"timed out ({spec.timeout_reason}) {where}"
+            judge_task(v, spec, i, task, ran, ran.rc != 0 and _cancelled(spec, cancel_state),
+                       result_path)
+            if v.status is not StepStatus.SUCCEEDED:
                 break
-            if ran.outcome == "cancelled" or (ran.rc != 0 and _cancelled(spec, cancel_state)):
-                status, error = StepStatus.CANCELLED, f"cancelled {where}"
-                break
-            if ran.rc != 0:
-                status, error = StepStatus.FAILED, f"{_describe(ran)} {where}"
-                if task.callable:
-                    reason = _python_error(result_path)
-                    if reason:
-                        error = f"{error}: {reason}"
-                break
-            if task.callable:
-                res = _load_json(result_path)
-                if not res.get("ok"):
-                    status, error = StepStatus.FAILED, f"{res.get('error', 'no result')} {where}"
-                    break
-                value = res.get("value")
         if header:  # no tasks: the header still opens the log
             sink.note(header.rstrip("\n"))
-        if status is StepStatus.SUCCEEDED:
-            status, error, tests = _acceptance(spec, env, deadline, sink, cancel_state)
+        if v.status is StepStatus.SUCCEEDED:
+            _acceptance(spec, env, deadline, sink, cancel_state, v)
     finally:
-        sink.note(f"=== {spec.step_id} attempt {spec.attempt} {status.value} ===")
-        sink.close()
-        for p in (result_path,):
-            try:
-                os.unlink(p)
-            except OSError:
-                pass
-    outputs: dict[str, Any] = dict(_read_outputs(spec.output_path))
-    try:  # the values now live in the (masked) state; the raw file may hold a secret
-        os.unlink(spec.output_path)
-    except OSError:
-        pass
-    if isinstance(value, dict):
-        outputs.update(value)
-    elif value is not None:
-        outputs.setdefault("value", value)
-    return StepResult(spec.step_id, spec.attempt, status, exit_code=exit_code, error=error,
-                      started_at=started, finished_at=time.time(), outputs=outputs, return_value=value,
-                      acceptance_tests=tuple(tests), peak_rss_bytes=rss or None, cpu_time_s=round(cpu, 4),
-                      worker=f"local:{os.getpid()}", log_bytes=sink.total)
+        sink.note(f"=== {spec.step_id} attempt {spec.attempt} {v.status.value} ===")
+        sink.close(keep=keep_log(spec, v.status))
+        try:
+            os.unlink(result_path)
+        except OSError:
+            pass
+    return build_result(spec, started, v, sink, f"local:{os.getpid()}")
 
 
 def _acceptance(spec: StepSpec, env: dict[str, str], deadline: float, sink: LogSink,
-                cancel_state: list) -> tuple[StepStatus, str | None, list[TestResult]]:
-    status, error = StepStatus.SUCCEEDED, None
-    tests: list[TestResult] = []
+                cancel_state: list, v: Verdict) -> None:
     n = len(spec.acceptance_tests)
     for i, test in enumerate(spec.acceptance_tests, 1):
-        if status in (StepStatus.TIMED_OUT, StepStatus.CANCELLED):
-            tests.append(TestResult(test.label, "not_run", None, 0.0))
+        if v.status in (StepStatus.TIMED_OUT, StepStatus.CANCELLED):
+            v.tests.append(TestResult(test.label, "not_run", None, 0.0))
             continue
         sink.note(f"--- acceptance test {i}/{n}: {test.label}")
         mark = len(sink.recent)
         t0 = time.monotonic()
         ran = _run_child(test, spec, env, deadline, sink, cancel_state)
-        took = time.monotonic() - t0
-        tail = bytes(sink.recent[mark:] if mark <= len(sink.recent) else sink.recent)
-        tail_text = "\n".join(tail.decode(errors="replace").splitlines()[-20:])
-        if ran.outcome == "timeout":
-            tests.append(TestResult(test.label, "timed_out", ran.rc, took, tail_text))
-            status, error = StepStatus.TIMED_OUT, (
-                f"timed out ({spec.timeout_reason}) in acceptance test {i}: `{test.label}`")
-        elif ran.outcome == "cancelled" or (ran.rc != 0 and _cancelled(spec, cancel_state)):
-            tests.append(TestResult(test.label, "cancelled", ran.rc, took, tail_text))
-            status, error = StepStatus.CANCELLED, f"cancelled in acceptance test {i}: `{test.label}`"
-        elif ran.rc != 0:
-            tests.append(TestResult(test.label, "failed", ran.rc, took, tail_text))
-            if status is StepStatus.SUCCEEDED:
-                status, error = StepStatus.FAILED, (
-                    f"acceptance test {i} failed ({_describe(ran)}): `{test.label}`")
-        else:
-            tests.append(TestResult(test.label, "passed", 0, took, tail_text))
-    return status, error, tests
+        judge_test(v, spec, i, test, ran, time.monotonic() - t0, sink, mark,
+                   ran.rc != 0 and _cancelled(spec, cancel_state))
 
 
 def _cancelled(spec: StepSpec, cancel_state: list) -> bool:

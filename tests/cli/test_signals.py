@@ -268,7 +268,7 @@ def test_a_quick_double_ctrl_c_still_records_the_running_steps_as_cancelled(
 
 # --- 3. a pool worker killed mid-step -----------------------------------------------------------------
 
-@pytest.mark.parametrize("pool", ["default", "stdlib"])
+@pytest.mark.parametrize("pool", ["workers", "stdlib"])   # shell steps on pool workers
 @pytest.mark.parametrize("retries", [0, 1])
 def test_a_pool_worker_killed_mid_step_fails_only_that_step(retries, pool, cli, make_workstream, project,
                                                             marker):
@@ -281,10 +281,9 @@ def test_a_pool_worker_killed_mid_step_fails_only_that_step(retries, pool, cli, 
         {"id": "sib", "tasks": [sibling]},
         {"id": "dep", "tasks": ["touch dep.ran"], "depends_on": ["sib"]},
     ], execution={"max_workers": 2})
-    # the default pool fails only the dead worker's future; ProcessPoolExecutor breaks as a whole
+    # our WorkerPool fails only the dead worker's future; ProcessPoolExecutor breaks as a whole
     # and the sibling is started again on a new pool: both must end the same way
-    proc = cli.start("run", "--ws-id", WS,
-                     env={"ORCHESTRATOR_POOL": "stdlib"} if pool == "stdlib" else None)
+    proc = cli.start("run", "--ws-id", WS, env={"ORCHESTRATOR_POOL": pool})
     pidfile = project / "victim.worker"
     assert wait_until(lambda: pidfile.exists() and pidfile.read_text().strip()
                       and (project / "sib.ready").exists(), timeout=30), cli.stderr(proc)

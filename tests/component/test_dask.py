@@ -149,8 +149,8 @@ def test_the_example_workstream_runs_on_the_cluster_like_a_local_run(cluster, pr
         assert s["status"] == "succeeded", s["error"]
         assert s["worker"] in workers
         assert [t["status"] for t in s["acceptance_tests"]] == ["passed"] * 3
-        log = (latest / "steps" / f"{s['id']}.log").read_text()
-        assert "sleep 1" in log and f"=== {s['id']} attempt 1 succeeded ===" in log
+        # as locally: a step that succeeded without printing anything leaves no log file
+        assert not (latest / "steps" / f"{s['id']}.log").exists()
     assert (project / "examples" / "math_utils.py").exists()
     status = run_cli(project, "status", ws_id)
     assert status.returncode == 0 and "Status: succeeded" in status.stdout

@@ -415,7 +415,7 @@ def test_a_python_step_that_never_returns_times_out_alone(make_workstream, run_w
 # --- named tools ------------------------------------------------------------------------------------
 
 def test_a_named_tool_gets_the_task_as_one_argument_without_a_shell(make_workstream, run_workstream, project):
-    record = ("import json, sys; "
+    record = ("import json, sys; print('argv', sys.argv[1]); "
               "open('argv_' + sys.argv[2] + '.json', 'w').write(json.dumps(sys.argv[1:]))")
     task = "fix  the   bug; echo $(echo injected) > hacked.txt `touch hacked2.txt`"
     path = make_workstream([

@@ -440,6 +440,7 @@ def test_a_worker_that_stops_answering_is_killed_by_the_backstop(make_workstream
     it (and the step's tree) once timeout + grace + margin have passed, and the run ends."""
     import orchestrator.dispatcher as dispatcher
     monkeypatch.setattr(dispatcher, "BACKSTOP_MARGIN", 0.5)
+    monkeypatch.setenv("ORCHESTRATOR_POOL", "workers")   # inline steps have no worker to wedge
     path = make_workstream([
         {"id": "wedged", "timeout": 1, "tasks": [f"echo $PPID > worker.pid; {PY} -c 'import time; "
                                                  f"time.sleep(60)' {marker}"]},

@@ -1,0 +1,484 @@
+"""The default local pool: shell steps run straight from the dispatcher's own loop, as make runs jobs.
+
+A pool worker between the dispatcher and a step's processes costs a pickled spec, two pipe hops and
+a process that competes for the CPU: measured on the 2-core reference machine, 1000 `true` steps took
+1.1-1.5 s through `workerpool.WorkerPool` against 0.35 s for `make -j2`. Here each attempt of a
+shell step is a small state machine (`_Attempt`) whose descriptors the dispatcher selects on::
+
+    submit(spec) -> for each task, then each acceptance test: posix_spawn, stdout+stderr -> a pipe
+    pipe readable   -> LogSink (as produced; secrets masked; head+tail capped; created lazily)
+    pidfd readable  -> wait4 (exit status, CPU time); the next child, or the StepResult
+    deadline / cancel -> a killer thread ends the tree (SIGTERM, grace, SIGKILL) while the loop goes on
+
+It decides exactly as `worker.run_step` does (the same helpers judge each child and build the
+result), so a step gets the same record either way. `python` steps, which need a fork of their own,
+go to a `WorkerPool` made on first use.
+
+Nothing is leaked: the orchestrator is a child subreaper, so what a step leaves behind re-parents to
+it; at a step's end such orphans are found by their `ORCHESTRATOR_RUN_ID`/`ORCHESTRATOR_STEP_ID`
+environment and ended. A guardian process forked at start (`_guardian`) gets a signal when the
+orchestrator dies, even by SIGKILL, and ends every process that carries this run's id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable
+
+from . import procs
+from .model import StepResult, StepSpec, StepStatus, Task, TestResult
+from .worker import (RSS_SAMPLE_EVERY, LogSink, Verdict, _Ran, _base_env, _own_hwm, build_result,
+                     judge_task, judge_test, keep_log, note_spawn_error)
+
+KILL_SWEEP = 0.5     # the guardian's grace between SIGTERM and SIGKILL
+
+
+class _Child:
+    __slots__ = ("pid", "pidfd", "rfd", "exited", "eof", "t0", "mark", "killers")
+
+    def __init__(self, pid: int, pidfd: int, rfd: int, mark: int):
+        self.pid, self.pidfd, self.rfd = pid, pidfd, rfd
+        self.exited = self.eof = False
+        self.t0 = time.monotonic()
+        self.mark = mark
+        self.killers = 0
+
+
+class _Attempt:
+    """One attempt of one shell step, advanced by the pool's `poll`."""
+
+    def __init__(self, pool: "InlinePool", spec: StepSpec, fut: Future):
+        self.pool, self.spec, self.fut = pool, spec, fut
+        self.started = time.time()
+        self.deadline = time.monotonic() + spec.timeout
+        self.next_sample = time.monotonic() + RSS_SAMPLE_EVERY / 10
+        self.sink = LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
+        self.header = f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===\n"
+        env = _base_env()
+        env.update(spec.env)
+        env["ORCHESTRATOR_OUTPUT"] = spec.output_path
+        self.env = env
+        if spec.attempt > 1:  # a stale outputs file of an earlier attempt must go
+            try:
+                os.unlink(spec.output_path)
+            except FileNotFoundError:
+                pass
+        self.verdict = Verdict()
+        self.stop: str | None = None          # None | "timeout" | "cancelled"
+        self.stop_now = False
+        self.child: _Child | None = None
+        self.index = 0                        # children started so far (tasks, then tests)
+        self.testing = False
+        self.peak = 0
+
+    # --- children -----------------------------------------------------------------------------------
+    def advance(self) -> None:
+        """Start the next child, or finish. Called at submit and whenever a child has ended."""
+        spec, v = self.spec, self.verdict
+        n_tasks, n_tests = len(spec.tasks), len(spec.acceptance_tests)
+        while True:
+            i = self.index
+            self.index += 1
+            if i < n_tasks:
+                if v.status is not StepStatus.SUCCEEDED:
+                    continue
+                if n_tasks > 1:
+                    self.pool.progress(spec.step_id, i + 1, n_tasks)
+                self.sink.note(f"{self.header}--- task {i + 1}/{n_tasks}: {spec.tasks[i].label}")
+                self.header = ""
+                if self._spawn(spec.tasks[i]):
+                    return
+            elif i < n_tasks + n_tests:
+                if i == n_tasks:
+                    if self.header:  # no tasks: the header still opens the log
+                        self.sink.note(self.header.rstrip("\n"))
+                        self.header = ""
+                    self.testing = v.status is StepStatus.SUCCEEDED
+                if not self.testing:
+                    continue          # the tasks did not succeed: no acceptance tests
+                j = i - n_tasks
+                test = spec.acceptance_tests[j]
+                if v.status in (StepStatus.TIMED_OUT, StepStatus.CANCELLED):
+                    v.tests.append(TestResult(test.label, "not_run", None, 0.0))
+                    continue
+                self.sink.note(f"--- acceptance test {j + 1}/{n_tests}: {test.label}")
+                if self._spawn(test):
+                    return
+            else:
+                if self.header:
+                    self.sink.note(self.header.rstrip("\n"))
+                self._finish()
+                return
+
+    def _spawn(self, task: Task) -> bool:
+        """Start `task`; False when it could not start (already judged, go on to the next)."""
+        rfd, wfd = os.pipe()
+        try:
+            pid = self.pool.spawn(task.argv, self.env, wfd, self.spec.cwd)
+        except OSError as e:
+            os.close(rfd)
+            note_spawn_error(self.sink, task, e)
+            self._judge(task, _Ran(127, "spawn_error"), 0.0, len(self.sink.recent))
+            return False
+        finally:
+            os.close(wfd)
+        self.child = _Child(pid, os.pidfd_open(pid), rfd, len(self.sink.recent))
+        self.pool.watch(self.child.rfd, self)
+        self.pool.watch(self.child.pidfd, self)
+        if self.stop:  # stopped between two children: this one goes at once
+            self._kill(self.stop_now)
+        return True
+
+    def on_ready(self, fd: int) -> None:
+        c = self.child
+        if c is None:
+            return
+        if fd == c.rfd:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            if data:
+                self.sink.write(data)
+                return
+            c.eof = True
+            self.pool.unwatch(fd)
+        elif fd == c.pidfd:
+            c.exited = True
+            self.pool.unwatch(fd)
+            if not c.eof and not self._drain():
+                # the leader is gone but something it started still holds the pipe: the step is
+                # over, so its leftovers go (nothing outlives its step); EOF follows their end
+                self.pool.kill(self, c.pid, min(self.spec.grace, 1.0), leader=False)
+        if c.exited and c.eof:
+            self._reap()
+
+    def _drain(self) -> bool:
+        c = self.child
+        assert c is not None
+        os.set_blocking(c.rfd, False)
+        try:
+            while True:
+                data = os.read(c.rfd, 65536)
+                if not data:
+                    c.eof = True
+                    self.pool.unwatch(c.rfd)
+                    return True
+                self.sink.write(data)
+        except (BlockingIOError, OSError):
+            return False
+
+    def _reap(self) -> None:
+        c = self.child
+        assert c is not None
+        self.child = None
+        _, status, ru = os.wait4(c.pid, 0)
+        os.close(c.pidfd)
+        os.close(c.rfd)
+        self.pool.end_orphans(self.spec)
+        maxrss = ru.ru_maxrss * 1024
+        if maxrss > self.pool.hwm * 1.1:  # above what the vfork inherited: the step's own peak
+            self.peak = max(self.peak, maxrss)
+        ran = _Ran(os.waitstatus_to_exitcode(status), self.stop or "exited", self.peak,
+                   ru.ru_utime + ru.ru_stime)
+        task = self._current_task()
+        self._judge(task, ran, time.monotonic() - c.t0, c.mark)
+        self.advance()
+
+    def _current_task(self) -> Task:
+        i = self.index - 1
+        n = len(self.spec.tasks)
+        return self.spec.tasks[i] if i < n else self.spec.acceptance_tests[i - n]
+
+    def _judge(self, task: Task, ran: _Ran, took: float, mark: int) -> None:
+        i = self.index - 1
+        n = len(self.spec.tasks)
+        cancelled = self.stop == "cancelled"
+        if i < n:
+            judge_task(self.verdict, self.spec, i + 1, task, ran, cancelled)
+        else:
+            judge_test(self.verdict, self.spec, i - n + 1, task, ran, took, self.sink, mark, cancelled)
+
+    def _finish(self) -> None:
+        spec, v = self.spec, self.verdict
+        self.sink.note(f"=== {spec.step_id} attempt {spec.attempt} {v.status.value} ===")
+        self.sink.close(keep=keep_log(spec, v.status))
+        self.pool.done(self)
+        self.fut.set_result(build_result(spec, self.started, v, self.sink, "local"))
+
+    # --- timers and stopping -------------------------------------------------------------------------
+    def wake_at(self) -> float:
+        return min(self.deadline, self.next_sample) if self.stop is None else self.next_sample
+
+    def on_timer(self, now: float) -> None:
+        c = self.child
+        if c is None:
+            return
+        if now >= self.next_sample:
+            if not c.exited:
+                self.peak = max(self.peak, procs.tree_rss(c.pid) + procs.rss(c.pid))
+            self.next_sample = now + RSS_SAMPLE_EVERY
+        if now >= self.deadline and self.stop is None:
+            self.request_stop("timeout", now=False)
+
+    def request_stop(self, why: str, now: bool) -> None:
+        if self.stop is not None and (self.stop_now or not now):
+            return
+        self.stop = self.stop or why
+        self.stop_now = self.stop_now or now
+        if self.child is not None and not self.child.exited:
+            self._kill(now)
+
+    def _kill(self, now: bool) -> None:
+        c = self.child
+        assert c is not None
+        self.pool.kill(self, c.pid, 0.0 if now else self.spec.grace, leader=True)
+
+
+class InlinePool:
+    """Runs shell steps in the calling process's loop (see the module doc); `python` steps on a
+    `WorkerPool`. The same face as `pool.LocalPool`."""
+
+    name = "process"
+
+    def __init__(self, workers: int, progress_fd: int | None, run_id: str = ""):
+        self.workers = workers
+        self.progress_fd = progress_fd
+        self.run_id = run_id
+        self._fds: dict[int, _Attempt] = {}
+        self._running: dict[Future, _Attempt] = {}
+        self._py = None                     # a LocalPool, for `python` steps, made on first use
+        self._killers: list[threading.Thread] = []
+        self._cwd = os.getcwd()
+        self.hwm = _own_hwm()
+        self.broken = False
+        procs.become_subreaper()   # what a step leaves behind re-parents to us, not to init
+        self.guardian = _start_guardian(run_id) if run_id else None
+
+    # --- the pool face ------------------------------------------------------------------------------
+    def submit(self, spec: StepSpec, callback: Callable[[Future], None]) -> Future:
+        if any(t.callable for t in spec.tasks):
+            if self._py is None:
+                from .pool import LocalPool
+                self._py = LocalPool(self.workers, self.progress_fd)
+            return self._py.submit(spec, callback)
+        fut: Future = Future()
+        fut.add_done_callback(callback)
+        fut.set_running_or_notify_cancel()
+        try:
+            att = _Attempt(self, spec, fut)
+            self._running[fut] = att
+            att.advance()
+        except BaseException as e:  # noqa: BLE001 - as a worker: every outcome is a result
+            self._running.pop(fut, None)
+            if not fut.done():
+                t = time.time()
+                fut.set_result(StepResult(spec.step_id, spec.attempt, StepStatus.FAILED,
+                                          error=f"internal error: {type(e).__name__}: {e}",
+                                          started_at=t, finished_at=t, worker="local"))
+        return fut
+
+    def fds(self) -> list[int]:
+        return [*self._fds, *(self._py.fds() if self._py is not None else ())]
+
+    def wait_hint(self, now: float) -> float | None:
+        """Seconds until the next deadline or memory sample of a running step."""
+        if not self._running:
+            return None
+        return max(0.0, min(a.wake_at() for a in self._running.values()) - now)
+
+    def poll(self, ready) -> None:
+        for fd in ready:
+            att = self._fds.get(fd)
+            if att is not None:
+                att.on_ready(fd)
+        if self._running:
+            now = time.monotonic()
+            for att in list(self._running.values()):
+                if now >= att.wake_at():
+                    att.on_timer(now)
+        if self._py is not None:
+            self._py.poll(ready)
+
+    def cancel(self, what: str) -> None:
+        """"all" (with the grace), "now" (at once) or one step id (with the grace)."""
+        for att in list(self._running.values()):
+            if what in ("all", "now") or att.spec.step_id == what:
+                att.request_stop("cancelled", now=what == "now")
+
+    def worker_pids(self) -> list[int]:
+        pids = [a.child.pid for a in self._running.values() if a.child is not None]
+        if self.guardian is not None:
+            pids.append(self.guardian)
+        if self._py is not None:
+            pids.extend(self._py.worker_pids())
+        return pids
+
+    def worker_running(self, fut: Future) -> int | None:
+        att = self._running.get(fut)
+        if att is not None:
+            return att.child.pid if att.child is not None else None
+        return self._py.worker_running(fut) if self._py is not None else None
+
+    def exit_codes(self) -> dict[int, int | None]:
+        return self._py.exit_codes() if self._py is not None else {}
+
+    def replace(self) -> None:
+        """Nothing here breaks as a whole."""
+
+    def shutdown(self, *, kill: bool = False) -> None:
+        for att in list(self._running.values()):
+            c = att.child
+            if c is not None:
+                procs.kill_tree(c.pid, pgids=[c.pid], grace=0.0, include_root=True, reap=False)
+                try:
+                    os.waitpid(c.pid, 0)
+                except ChildProcessError:
+                    pass
+                for fd in (c.pidfd, c.rfd):
+                    os.close(fd)
+            att.sink.close()
+        self._running.clear()
+        self._fds.clear()
+        for t in self._killers:
+            t.join()
+        if self._py is not None:
+            self._py.shutdown(kill=kill)
+        self.end_orphans(None)
+        _stop_guardian(self.guardian)
+        self.guardian = None
+
+    # --- for the attempts ---------------------------------------------------------------------------
+    def spawn(self, argv: tuple[str, ...], env: dict[str, str], wfd: int, cwd: str) -> int:
+        """argv as the leader of a new session, stdout+stderr to `wfd`, stdin from /dev/null, in
+        `cwd` (posix_spawn has no cwd of its own: the loop steps there and back)."""
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                   (os.POSIX_SPAWN_DUP2, wfd, 1), (os.POSIX_SPAWN_DUP2, wfd, 2)]
+        if cwd == self._cwd:
+            return os.posix_spawnp(argv[0], list(argv), env, file_actions=actions, setsid=True)
+        os.chdir(cwd)
+        try:
+            return os.posix_spawnp(argv[0], list(argv), env, file_actions=actions, setsid=True)
+        finally:
+            os.chdir(self._cwd)
+
+    def watch(self, fd: int, att: _Attempt) -> None:
+        self._fds[fd] = att
+
+    def unwatch(self, fd: int) -> None:
+        self._fds.pop(fd, None)
+
+    def done(self, att: _Attempt) -> None:
+        self._running.pop(att.fut, None)
+        self._killers = [t for t in self._killers if t.is_alive()]
+
+    def progress(self, sid: str, index: int, count: int) -> None:
+        if self.progress_fd is not None:
+            try:
+                os.write(self.progress_fd, (json.dumps(["task", sid, index, count]) + "\n").encode())
+            except OSError:
+                pass
+
+    def kill(self, att: _Attempt, pid: int, grace: float, *, leader: bool) -> None:
+        """End a child's tree from a thread (the loop goes on meanwhile): SIGTERM to its session's
+        group and descendants, `grace`, SIGKILL; then what escaped the group (found by the step's
+        environment). `leader`: the child itself too (a timeout or cancel, not leftovers)."""
+        spec = att.spec
+
+        def run() -> None:
+            procs.kill_tree(pid, pgids=[pid], grace=grace, include_root=leader, reap=False)
+            # what left the group (setsid, double forks), found by the step's environment; the
+            # loop's own end-of-step check catches a process that dropped it
+            for orphan in procs.marked(spec.run_id, spec.step_id):
+                procs.kill_tree(orphan, include_root=True, grace=0.0, reap=False)
+
+        t = threading.Thread(target=run, name=f"kill {spec.step_id}", daemon=True)
+        t.start()
+        self._killers.append(t)
+
+    def _known(self) -> set[int]:
+        return set(self.worker_pids())
+
+    def _orphans(self, spec: StepSpec | None) -> list[int]:
+        """Our children that are no step's leader, pool worker or the guardian: what steps left
+        behind (re-parented to this subreaper). With `spec`, only that step's, by environment; a
+        process without our variables counts as the step's when no other step is running."""
+        mine = procs.own_children()
+        leaders = sum(1 for a in self._running.values() if a.child is not None)
+        if self._py is None and len(mine) <= leaders + (self.guardian is not None):
+            return []   # no more children than leaders (and the guardian): nothing left behind
+        known = self._known()
+        found = []
+        for pid in mine:
+            if pid in known:
+                continue
+            if spec is not None:
+                owner = procs.run_marker(pid)
+                if owner is None and len(self._running) > 1:
+                    continue
+                if owner is not None and owner != (spec.run_id, spec.step_id):
+                    continue
+            found.append(pid)
+        return found
+
+    def end_orphans(self, spec: StepSpec | None) -> None:
+        """At a step's end (or with None, the pool's): end its leftovers and reap our zombies.
+        One read of our children list when there is nothing to do."""
+        orphans = self._orphans(spec)
+        if not orphans:
+            return
+        for pid in orphans:
+            if procs.pid_alive(pid):
+                procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
+        for pid in orphans:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+# --- the guardian -----------------------------------------------------------------------------------
+
+def _start_guardian(run_id: str) -> int | None:
+    """Fork a process that waits for the orchestrator's death (PR_SET_PDEATHSIG), then ends every
+    process whose environment carries this run's ORCHESTRATOR_RUN_ID. Stopped with SIGTERM."""
+    parent = os.getpid()
+    # blocked before the fork, so that a SIGTERM sent at once waits for sigwait (an inherited
+    # Python handler would swallow it and leave the guardian waiting forever)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    finally:
+        if os.getpid() == parent:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if pid:
+        return pid
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        procs.die_with_parent(signal.SIGUSR1)
+        sig = signal.SIGUSR1 if os.getppid() != parent else signal.sigwait(
+            {signal.SIGUSR1, signal.SIGTERM})
+        if sig == signal.SIGUSR1:
+            procs.kill_marked(run_id, grace=KILL_SWEEP)
+    except BaseException:  # noqa: BLE001 - the guardian exits quietly
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _stop_guardian(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass

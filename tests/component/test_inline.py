@@ -1,0 +1,85 @@
+"""The default local pool runs shell steps from the dispatcher's own loop (`orchestrator.inline`);
+`ORCHESTRATOR_POOL=workers` runs them on pool workers (`worker.run_step`). Both must record a step
+the same way: these tests run the same workstreams through both."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import steps_by_id
+
+POOLS = ["inline", "workers"]
+
+
+@pytest.fixture(params=POOLS)
+def pool(request, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATOR_POOL", request.param)
+    return request.param
+
+
+def test_every_outcome_is_recorded_alike_on_both_pools(pool, make_workstream, run_workstream, project):
+    path = make_workstream([
+        {"id": "ok", "tasks": ["echo hello", "printf 'answer=42\\n' >> \"$ORCHESTRATOR_OUTPUT\""],
+         "acceptance_tests": ["test -d /", "echo checked"]},
+        {"id": "bad-exit", "tasks": ["echo before; exit 3", "echo never"]},
+        {"id": "bad-test", "tasks": ["true"], "acceptance_tests": ["false", "echo second test runs"]},
+        {"id": "slow", "tasks": ["sleep 5"], "timeout": 0.3, "acceptance_tests": ["true"]},
+        {"id": "missing", "tasks": ["no-such-command-xyz"]},
+        {"id": "uses", "tasks": ["test \"${steps.ok.outputs.answer}\" = 42"], "depends_on": ["ok"]},
+    ], execution={"max_workers": 3})
+    outcome, summary = run_workstream(path, grace=0.2)
+    by = steps_by_id(summary)
+
+    assert by["ok"]["status"] == "succeeded" and by["ok"]["outputs"] == {"answer": "42"}
+    assert [t["status"] for t in by["ok"]["acceptance_tests"]] == ["passed", "passed"]
+    assert by["bad-exit"]["status"] == "failed" and by["bad-exit"]["exit_code"] == 3
+    assert by["bad-exit"]["error"] == "exit code 3 in task 1: `echo before; exit 3`"
+    assert by["bad-test"]["status"] == "failed"
+    assert by["bad-test"]["error"] == "acceptance test 1 failed (exit code 1): `false`"
+    assert [t["status"] for t in by["bad-test"]["acceptance_tests"]] == ["failed", "passed"]
+    assert by["slow"]["status"] == "timed_out"
+    assert by["slow"]["error"] == "timed out (timeout of 0.3s) in task 1: `sleep 5`"
+    assert by["missing"]["status"] == "failed" and by["missing"]["exit_code"] == 127
+    assert by["uses"]["status"] == "succeeded"
+
+    steps = outcome.run_dir / "steps"
+    ok_log = (steps / "ok.log").read_text()
+    assert "=== ok attempt 1 started" in ok_log and "--- task 1/2: echo hello\nhello\n" in ok_log
+    assert "--- acceptance test 2/2: echo checked\nchecked\n" in ok_log
+    assert ok_log.endswith("=== ok attempt 1 succeeded ===\n")
+    assert "before" in (steps / "bad-exit.log").read_text()
+    assert "not found" in (steps / "missing.log").read_text()
+
+
+def test_a_step_that_succeeds_silently_leaves_no_log_file(pool, make_workstream, run_workstream, project):
+    """Creating a file costs up to 0.7 ms on ext4; a silent success needs none. A step that fails,
+    prints, or runs a second attempt keeps its log."""
+    path = make_workstream([
+        {"id": "silent", "tasks": ["true", "sleep 0"]},
+        {"id": "talks", "tasks": ["echo something"]},
+        {"id": "fails-silently", "tasks": ["false"]},
+        {"id": "retried", "tasks": ["test -f flag || { touch flag; exit 1; }"], "retries": 1,
+         "retry_delay": 0},
+    ], execution={"max_workers": 2})
+    outcome, summary = run_workstream(path)
+    by = steps_by_id(summary)
+    steps = outcome.run_dir / "steps"
+
+    assert by["silent"]["status"] == "succeeded" and not (steps / "silent.log").exists()
+    assert (steps / "talks.log").read_text().count("something") == 2   # the task line and its output
+    failed = (steps / "fails-silently.log").read_text()
+    assert "--- task 1/1: false" in failed and failed.endswith("=== fails-silently attempt 1 failed ===\n")
+    retried = (steps / "retried.log").read_text()
+    assert "attempt 1 failed" in retried and retried.endswith("=== retried attempt 2 succeeded ===\n")
+
+
+def test_plain_commands_and_shell_syntax_both_run(pool, make_workstream, run_workstream, project):
+    """`printenv X` is exec'd directly (see `specs.shell_argv`); the others need the shell."""
+    path = make_workstream([
+        {"id": "direct", "tasks": ["printenv ORCHESTRATOR_STEP_ID"]},
+        {"id": "shell", "tasks": ["echo $ORCHESTRATOR_STEP_ID > shell.out; cd / && pwd >> $OLDPWD/shell.out"]},
+    ], execution={"max_workers": 2})
+    outcome, summary = run_workstream(path)
+    assert {s["status"] for s in summary["steps"]} == {"succeeded"}
+    assert "--- task 1/1: printenv ORCHESTRATOR_STEP_ID\ndirect\n" in (
+        outcome.run_dir / "steps" / "direct.log").read_text()
+    assert (project / "shell.out").read_text() == "shell\n/\n"
