@@ -14,16 +14,17 @@ pairs only, with bitsets propagated once in topological order.
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import accumulate, chain, repeat
 from operator import lt
 from typing import Any, Mapping, Sequence
 
 from .globs import GlobNFA, glob_overlap, is_directory, is_literal, literal_prefix, normalize_glob
 from .model import Workstream
 
-__all__ = ["Conflict", "critical_path", "dependents", "find_cycle", "glob_overlap", "normalize_glob",
-           "remaining_path", "scope_conflicts", "topological_order"]
+__all__ = ["Conflict", "critical_path", "dependents", "find_cycle", "glob_overlap", "longest_paths",
+           "normalize_glob", "remaining_path", "scope_conflicts", "topological_order"]
 
 
 # --- order and paths -------------------------------------------------------------------------------
@@ -93,18 +94,6 @@ class _Graph:
             raise ValueError("dependency cycle: " + " -> ".join(cycle or ["?"]))
         return out
 
-    def remaining(self, durations: Mapping[str, float | None], default: float) -> list[float]:
-        rp = [0.0] * len(self.names)
-        users, user_at = self.users, self.user_at
-        for i in reversed(self.topo()):        # every dependent is final before its dependencies
-            d = durations.get(self.names[i])
-            best = 0.0
-            for u in users[user_at[i]:user_at[i + 1]]:
-                if rp[u] > best:
-                    best = rp[u]
-            rp[i] = (default if d is None else float(d)) + best
-        return rp
-
 
 def dependents(deps: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
     """Invert `deps`: for every step, the steps that depend on it directly (in `deps` order)."""
@@ -167,30 +156,65 @@ def topological_order(deps: Mapping[str, Sequence[str]], order: Sequence[str] = 
     return [g.names[i] for i in g.topo()]
 
 
+def longest_paths(deps: Mapping[str, Sequence[str]], order: Sequence[str],
+                  durations: Mapping[str, float | None], default: float = 1.0
+                  ) -> tuple[dict[str, float], list[str]]:
+    """Every step's remaining path (see `remaining_path`) and the critical path, in one pass.
+
+    The critical path starts at the step whose remaining path is longest and follows, at each step,
+    the dependent whose remaining path is longest (ties: file order). The pass walks the steps in
+    reverse topological order and pushes each step's remaining path to its dependencies, so it needs
+    only the dependency lists; when the file lists every step after its dependencies (nearly
+    always), that order is the file order backwards and no graph is built at all.
+    """
+    names = list(dict.fromkeys(chain(order, deps)))
+    n = len(names)
+    pos = dict(zip(names, range(n)))
+    flat: list[int] | None = None
+    if names == list(deps):
+        try:
+            flat = list(map(pos.__getitem__, chain.from_iterable(deps.values())))
+        except KeyError:                       # an unknown dependency: the graph drops it
+            flat = None
+    if flat is not None:
+        at = [0, *accumulate(map(len, deps.values()))]
+        owners = chain.from_iterable(map(repeat, range(n), map(len, deps.values())))
+        topo: Sequence[int] = range(n) if all(map(lt, flat, owners)) else _Graph(deps, order).topo()
+    else:
+        g = _Graph(deps, order)
+        flat, at, topo = g.deps, g.dep_at, g.topo()
+    rp = [0.0] * n
+    top = [-math.inf] * n                      # the longest remaining path among a step's dependents
+    nxt = [-1] * n                             # ... and the dependent that has it
+    for i in reversed(topo):
+        d = durations.get(names[i])
+        r = rp[i] = (default if d is None else float(d)) + (top[i] if top[i] > 0.0 else 0.0)
+        for j in flat[at[i]:at[i + 1]]:
+            if r > top[j] or (r == top[j] and i < nxt[j]):
+                top[j] = r
+                nxt[j] = i
+    path: list[str] = []
+    if n:
+        cur = max(range(n), key=rp.__getitem__)          # the first of the longest
+        while cur >= 0:
+            path.append(names[cur])
+            cur = nxt[cur]
+    return dict(zip(names, rp)), path
+
+
 def remaining_path(deps: Mapping[str, Sequence[str]], order: Sequence[str],
                    durations: Mapping[str, float | None], default: float = 1.0) -> dict[str, float]:
     """For every step, the longest chain of durations from it (itself included) to the graph's end,
     through its dependents: how much work at least still follows once it starts."""
-    g = _Graph(deps, order)
-    return dict(zip(g.names, g.remaining(durations, default)))
+    return longest_paths(deps, order, durations, default)[0]
 
 
 def critical_path(deps: Mapping[str, Sequence[str]], order: Sequence[str],
                   durations: Mapping[str, float | None], default: float = 1.0
                   ) -> tuple[list[str], float]:
     """The longest chain of dependent steps by total duration, and that total (ties: file order)."""
-    g = _Graph(deps, order)
-    if not g.names:
-        return [], 0.0
-    rp = g.remaining(durations, default)
-    best = max(range(len(rp)), key=lambda i: (rp[i], -i))
-    path = [best]
-    while True:
-        users = g.users[g.user_at[path[-1]]:g.user_at[path[-1] + 1]]
-        if not users:
-            break
-        path.append(max(users, key=lambda i: (rp[i], -i)))
-    return [g.names[i] for i in path], rp[best]
+    rp, path = longest_paths(deps, order, durations, default)
+    return path, (rp[path[0]] if path else 0.0)
 
 # --- scope conflicts --------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from .graph import remaining_path
+from .graph import longest_paths
 from .history import durations as expected_durations
 from .model import Workstream
 from .scheduler import simulate
@@ -18,7 +18,7 @@ def build_plan(ws: Workstream, *, workers: int, history: Mapping[str, Any] | Non
                serialize: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
     deps = {s.id: list(s.depends_on) for s in ws.steps}
     durations = expected_durations(ws, history)
-    path_left = remaining_path(deps, ws.step_ids, durations)
+    path_left, path = longest_paths(deps, ws.step_ids, durations)
     # one worker keeps file order (see history.priorities): rank nothing but `priority`
     prio = path_left if workers > 1 else {}
     timeline = simulate(ws, max_workers=workers, priorities=prio, durations=durations,
@@ -27,7 +27,6 @@ def build_plan(ws: Workstream, *, workers: int, history: Mapping[str, Any] | Non
     for sid, start, _ in timeline:
         waves.setdefault(round(start, 9), []).append(sid)
     wave_of = {sid: i for i, ids in enumerate(waves.values(), 1) for sid in ids}
-    path = _critical_path(ws, path_left)
     by_id = {s.id: s for s in ws.steps}
     steps = [{"id": sid, "depends_on": deps[sid], "wave": wave_of[sid], "start": start,
               "priority": by_id[sid].priority, "remaining_path": path_left.get(sid, 0.0),
@@ -37,18 +36,3 @@ def build_plan(ws: Workstream, *, workers: int, history: Mapping[str, Any] | Non
             "critical_path_s": path_left[path[0]] if path else 0.0,
             "estimated_makespan_s": max((end for _, _, end in timeline), default=0.0)}
 
-
-def _critical_path(ws: Workstream, path_left: Mapping[str, float]) -> list[str]:
-    """Follow the longest remaining path from the step where it is longest."""
-    if not path_left:
-        return []
-    dependents: dict[str, list[str]] = {s.id: [] for s in ws.steps}
-    for s in ws.steps:
-        for d in s.depends_on:
-            dependents[d].append(s.id)
-    cur = max(ws.step_ids, key=lambda sid: path_left[sid])
-    path = [cur]
-    while dependents[cur]:
-        cur = max(dependents[cur], key=lambda sid: path_left[sid])
-        path.append(cur)
-    return path

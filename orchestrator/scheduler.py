@@ -34,7 +34,7 @@ from .ratelimit import TokenBucket
 _FAILED = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 
 
-@dataclass
+@dataclass(slots=True)
 class StepState:
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0                    # attempts in this session (the retry budget)
@@ -53,7 +53,7 @@ class Change:
     reason: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What `finish` decided: retry or not, and what else changed because of it."""
 
@@ -109,25 +109,23 @@ class Scheduler:
         self.interrupted = False
         self.tool_failures: dict[str, int] = {}
         self.max_concurrency = 0
-        self._heap: list[tuple[tuple, str]] = []
         self._earliest_retry: float | None = None  # the last take_ready saw a retry delay end here
         self._token_blocked = False       # the last take_ready stopped for the rate limiter
         self.unmet = {s.id: len(s.depends_on) for s in ws.steps}
-        kept = set(keep)
-        self.pending_or_running = len(self.state) - len(kept & set(self.state))
+        kept = set(keep) & self.state.keys()
+        self.pending_or_running = len(self.state) - len(kept)
         for sid, n in (earlier_attempts or {}).items():
             if sid in self.state:
                 self.state[sid].earlier_attempts = n
-        for sid in self.steps:  # resumed runs: earlier successes count as done
-            if sid in kept:
-                self.state[sid].status = StepStatus.SUCCEEDED
-        for sid in self.steps:
-            if sid in kept:
-                for dep in self.dependents[sid]:
-                    self.unmet[dep] -= 1
-        for sid, n in self.unmet.items():
-            if n == 0 and sid not in kept:
-                heapq.heappush(self._heap, (self._key[sid], sid))
+        for sid in kept:  # resumed runs: earlier successes count as done
+            self.state[sid].status = StepStatus.SUCCEEDED
+            for dep in self.dependents[sid]:
+                self.unmet[dep] -= 1
+        # keys are unique (they end with the file position), so the pop order is the same
+        # whichever way the heap is built
+        ready = [(self._key[sid], sid) for sid, n in self.unmet.items() if n == 0 and sid not in kept]
+        heapq.heapify(ready)
+        self._heap: list[tuple[tuple, str]] = ready
 
     # --- queries -----------------------------------------------------------------------------------
     def status(self, step_id: str) -> StepStatus:
@@ -149,6 +147,8 @@ class Scheduler:
         """The earliest time at which `take_ready` may hand out something because time passed."""
         if self.stopping or len(self.running) >= self.max_workers or not self._heap:
             return None
+        if not self._token_blocked and self._earliest_retry is None:
+            return None                   # the common case: only a finishing step changes anything
         times = []
         if self._token_blocked:
             # the last take_ready stopped for the rate limiter: wake when (or since) its token is
