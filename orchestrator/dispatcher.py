@@ -25,22 +25,23 @@ import select
 import signal
 import threading
 import time
-from concurrent.futures import BrokenExecutor, CancelledError, Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import graph, history, procs
-from .errors import UsageError
+from .errors import UsageError, WorkerDied
 from .interp import InterpolationError
 from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
-from .records import StepRecord, state_dict, summary_dict
+from .records import StepRecord, state_dict, state_json, summary_dict
 from .report import render_junit, render_report
 from .scheduler import Scheduler
 from .specs import RunContext, build_spec
 from .store import RunStore, new_run_id
-from .workerpool import WorkerDied
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 STATE_FLUSH_INTERVAL = 0.2
 BACKSTOP_MARGIN = 30.0   # beyond timeout + grace, a worker that has not answered is killed
@@ -395,7 +396,7 @@ class Dispatcher:
             self.reporter.step_started(sid, attempt, self.store.step_log(sid))
         try:
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
-        except (BrokenExecutor, RuntimeError):
+        except (_futures().BrokenExecutor, RuntimeError):
             self.pool.replace()
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         self.inflight[sid] = (attempt, fut)
@@ -474,14 +475,14 @@ class Dispatcher:
                 continue  # a superseded future (its step was restarted on a new pool)
             try:
                 result: StepResult = fut.result()
-            except BrokenExecutor:
+            except _futures().BrokenExecutor:
                 broken.append((sid, attempt))
                 continue
             except WorkerDied as e:
                 self._log_line(f"WORKER DIED pid={e.pid} while running {sid}: {e}")
                 self._end_orphans()
                 result = self._lost(sid, attempt, StepStatus.FAILED, str(e))
-            except CancelledError:
+            except _futures().CancelledError:
                 result = self._lost(sid, attempt, StepStatus.CANCELLED, "cancelled before it started")
             except Exception as e:  # noqa: BLE001 - e.g. the spec could not be sent to the worker
                 result = self._lost(sid, attempt, StepStatus.FAILED,
@@ -624,7 +625,10 @@ class Dispatcher:
         for sid, rec in self.records.items():
             if rec.status in (StepStatus.BLOCKED,):
                 rec.blocked_by = list(self.sched.state[sid].blocked_by)
-        self.store.write_json("state.json", self._state("running"), pretty=False)
+        self.store.write_json_text("state.json", state_json(
+            secrets=self.secrets, records=self.records, ws=self.ws, run_id=self.run_id,
+            status="running", pid=os.getpid(), started_at=self.started_at, updated_at=self.wall(),
+            finished_at=None, execution=self._execution_dict()))
         self._dirty = False
         self._last_flush = now
 
@@ -685,6 +689,13 @@ class Dispatcher:
                 self._write_results("interrupted", self.wall())
         finally:
             self.store.close()
+
+
+def _futures():
+    """concurrent.futures, imported when an except clause needs its exception types (they are
+    evaluated only when something was raised): 5 ms of start-up that an inline run never needs."""
+    import concurrent.futures
+    return concurrent.futures
 
 
 def _local_pool(workers: int, progress_fd: int | None, dispatcher: "Dispatcher"):

@@ -57,3 +57,16 @@ class LockHeldError(OrchestratorError):
 
 class RunNotFoundError(OrchestratorError):
     """`status` or `--resume` named a workstream or run that has no run directory."""
+
+
+class WorkerDied(Exception):
+    """The worker process running a call died (killed by a signal, or exited) before answering."""
+
+    def __init__(self, pid: int, exitcode: int | None):
+        self.pid = pid
+        self.exitcode = exitcode
+        if exitcode is not None and exitcode < 0:
+            text = f"worker process died (signal {-exitcode})"
+        else:
+            text = f"worker process died (exit code {exitcode})"
+        super().__init__(text)

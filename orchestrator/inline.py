@@ -26,8 +26,7 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future
-from typing import Callable
+from typing import Any, Callable
 
 from . import procs
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
@@ -35,6 +34,38 @@ from .worker import (RSS_SAMPLE_EVERY, LogSink, Verdict, _Ran, _base_env, _own_h
                      judge_task, judge_test, keep_log, note_spawn_error)
 
 KILL_SWEEP = 0.5     # the guardian's grace between SIGTERM and SIGKILL
+
+
+class Outcome:
+    """The part of `concurrent.futures.Future` the dispatcher uses, without importing it (5 ms)
+    or taking a lock: an inline attempt is completed in the loop's own thread."""
+
+    __slots__ = ("_result", "_done", "_callbacks")
+
+    def __init__(self) -> None:
+        self._result: StepResult | None = None
+        self._done = False
+        self._callbacks: list[Callable[["Outcome"], None]] = []
+
+    def add_done_callback(self, fn: Callable[["Outcome"], None]) -> None:
+        if self._done:
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+    def set_result(self, result: StepResult) -> None:
+        self._result, self._done = result, True
+        for fn in self._callbacks:
+            fn(self)
+        self._callbacks.clear()
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> StepResult:
+        if not self._done or self._result is None:
+            raise RuntimeError("the step has not ended")
+        return self._result
 
 
 class _Child:
@@ -51,7 +82,7 @@ class _Child:
 class _Attempt:
     """One attempt of one shell step, advanced by the pool's `poll`."""
 
-    def __init__(self, pool: "InlinePool", spec: StepSpec, fut: Future):
+    def __init__(self, pool: "InlinePool", spec: StepSpec, fut: Outcome):
         self.pool, self.spec, self.fut = pool, spec, fut
         self.started = time.time()
         self.deadline = time.monotonic() + spec.timeout
@@ -251,7 +282,7 @@ class InlinePool:
         self.progress_fd = progress_fd
         self.run_id = run_id
         self._fds: dict[int, _Attempt] = {}
-        self._running: dict[Future, _Attempt] = {}
+        self._running: dict[Any, _Attempt] = {}   # by Outcome
         self._py = None                     # a LocalPool, for `python` steps, made on first use
         self._killers: list[threading.Thread] = []
         self._cwd = os.getcwd()
@@ -261,15 +292,14 @@ class InlinePool:
         self.guardian = _start_guardian(run_id) if run_id else None
 
     # --- the pool face ------------------------------------------------------------------------------
-    def submit(self, spec: StepSpec, callback: Callable[[Future], None]) -> Future:
+    def submit(self, spec: StepSpec, callback: Callable[[Any], None]) -> Any:
         if any(t.callable for t in spec.tasks):
             if self._py is None:
                 from .pool import LocalPool
                 self._py = LocalPool(self.workers, self.progress_fd)
             return self._py.submit(spec, callback)
-        fut: Future = Future()
+        fut = Outcome()
         fut.add_done_callback(callback)
-        fut.set_running_or_notify_cancel()
         try:
             att = _Attempt(self, spec, fut)
             self._running[fut] = att
@@ -319,7 +349,7 @@ class InlinePool:
             pids.extend(self._py.worker_pids())
         return pids
 
-    def worker_running(self, fut: Future) -> int | None:
+    def worker_running(self, fut: Any) -> int | None:
         att = self._running.get(fut)
         if att is not None:
             return att.child.pid if att.child is not None else None

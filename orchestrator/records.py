@@ -6,9 +6,11 @@ dispatcher's mutable bookkeeping for one step across its attempts.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from .masking import mask, mask_obj
 from .model import StepResult, StepStatus, Workstream
 from .report import iso, max_concurrency
 
@@ -39,6 +41,7 @@ class StepRecord:
     kept: bool = False                   # succeeded in an earlier session of a resumed run
     start_is_estimate: bool = False      # started_at is the submit time, until the worker tells
     _cached: tuple = field(default=(), repr=False, compare=False)   # (key, state dict)
+    _cached_json: tuple = field(default=(), repr=False, compare=False)   # (dict, '"id":{...}')
 
     @property
     def duration_s(self) -> float | None:
@@ -75,6 +78,17 @@ class StepRecord:
         d = self._build_state_dict()
         self._cached = (key, d)
         return d
+
+    def state_entry(self, secrets: tuple[str, ...]) -> str:
+        """`"<id>":{...}`, this step's part of the compact state.json (secrets masked), encoded
+        again only when the step changed: a flush of a 1000-step state is then a join."""
+        d = self.state_dict()
+        if self._cached_json and self._cached_json[0] is d:
+            return self._cached_json[1]
+        text = (json.dumps(mask(self.step_id, secrets)) + ":"
+                + json.dumps(mask_obj(d, secrets), separators=(",", ":"), default=str))
+        self._cached_json = (d, text)
+        return text
 
     def _build_state_dict(self) -> dict[str, Any]:
         return {
@@ -114,12 +128,26 @@ def _r(x: float | None, nd: int = 4) -> float | None:
 def state_dict(*, ws: Workstream, run_id: str, status: str, pid: int, started_at: float,
                updated_at: float, finished_at: float | None, execution: Mapping[str, Any],
                records: Mapping[str, StepRecord]) -> dict[str, Any]:
+    return {**_state_head(ws=ws, run_id=run_id, status=status, pid=pid, started_at=started_at,
+                          updated_at=updated_at, finished_at=finished_at, execution=execution),
+            "steps": {sid: rec.state_dict() for sid, rec in records.items()}}
+
+
+def state_json(*, secrets: tuple[str, ...], records: Mapping[str, StepRecord], **head: Any) -> str:
+    """`state_dict` as compact JSON with secrets masked, from each step's cached encoding."""
+    text = json.dumps(mask_obj(_state_head(**head), secrets), separators=(",", ":"), default=str)
+    return (text[:-1] + ',"steps":{' + ",".join(rec.state_entry(secrets) for rec in records.values())
+            + "}}")
+
+
+def _state_head(*, ws: Workstream, run_id: str, status: str, pid: int, started_at: float,
+                updated_at: float, finished_at: float | None,
+                execution: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "schema_version": 1, "workstream_id": ws.id, "run_id": run_id, "title": ws.title,
         "status": status, "pid": pid, "started_at": iso(started_at), "started_epoch": started_at,
         "updated_at": iso(updated_at), "finished_at": iso(finished_at) if finished_at else None,
         "execution": dict(execution),
-        "steps": {sid: rec.state_dict() for sid, rec in records.items()},
     }
 
 

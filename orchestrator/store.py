@@ -204,6 +204,13 @@ class RunStore:
         atomic_write(path, text + "\n", fsync=fsync)
         return path
 
+    def write_json_text(self, name: str, text: str) -> Path:
+        """Replace a file with JSON text that is already masked (see `records.state_json`)."""
+        assert self.run_dir is not None
+        path = self.run_dir / name
+        atomic_write(path, text + "\n")
+        return path
+
     def write_text(self, name: str, text: str) -> Path:
         assert self.run_dir is not None
         path = self.run_dir / name

@@ -25,20 +25,9 @@ import struct
 from concurrent.futures import Executor, Future
 from typing import Any, Callable
 
+from .errors import WorkerDied   # noqa: F401 - raised here, and importable from here as before
+
 _HEADER = struct.Struct("!I")
-
-
-class WorkerDied(Exception):
-    """The worker process running a call died (killed by a signal, or exited) before answering."""
-
-    def __init__(self, pid: int, exitcode: int | None):
-        self.pid = pid
-        self.exitcode = exitcode
-        if exitcode is not None and exitcode < 0:
-            text = f"worker process died (signal {-exitcode})"
-        else:
-            text = f"worker process died (exit code {exitcode})"
-        super().__init__(text)
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
