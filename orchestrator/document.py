@@ -10,7 +10,6 @@ line and column. `show` and `did_you_mean` word values and suggestions alike in 
 """
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from typing import Any, Iterable, NoReturn, Sequence
@@ -159,5 +158,6 @@ def did_you_mean(word: Any, choices: Iterable[str]) -> str | None:
     """A hint naming the closest of `choices`, or None when nothing is close."""
     if not isinstance(word, str):
         return None
+    import difflib  # only a document with an error gets this far: keep it off the start-up path
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else None

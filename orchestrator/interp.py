@@ -26,7 +26,9 @@ class InterpolationError(ValueError):
     """A task string names an output that does not exist; the caller turns it into a step failure."""
 
 
-_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_$-]*")
+# The patterns of this module are kept as text and compiled by `re` (which caches them) on first
+# use: loading a workstream whose strings have no `${` never needs them.
+_IDENT = r"[A-Za-z_][A-Za-z0-9_$-]*"
 
 
 def format_json_path(parts: Iterable[str | int]) -> str:
@@ -35,7 +37,7 @@ def format_json_path(parts: Iterable[str | int]) -> str:
     for part in parts:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif _IDENT.fullmatch(part):
+        elif re.fullmatch(_IDENT, part):
             out += f".{part}" if out else part
         else:
             out += "[" + json.dumps(part) + "]"
@@ -46,13 +48,13 @@ def format_json_path(parts: Iterable[str | int]) -> str:
 
 # One expression body (what is between `${` and `}`). The default of `:-` runs up to the closing brace,
 # so it cannot itself contain `}`; nesting is deliberately not supported.
-_ENV_EXPR = re.compile(
+_ENV_EXPR = (
     r"""\s*env\.(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*
         (?: :-(?P<default>[^}]*)
           | (?P<op>==|!=)\s*(?:'(?P<sq>[^']*)'|"(?P<dq>[^"]*)")\s*
-          | )\s*\Z""", re.VERBOSE)
-_INT = re.compile(r"[+-]?\d+")
-_FLOAT = re.compile(r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+          | )\s*\Z""")
+_INT = r"[+-]?\d+"
+_FLOAT = r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?"
 
 
 def _typed(text: str) -> Any:
@@ -62,9 +64,9 @@ def _typed(text: str) -> Any:
         return s == "true"
     if s == "null":
         return None
-    if _INT.fullmatch(s) and len(s) <= 300:   # very long digit runs stay strings (int() limits)
+    if re.fullmatch(_INT, s) and len(s) <= 300:   # very long digit runs stay strings (int() limits)
         return int(s)
-    if _FLOAT.fullmatch(s):
+    if re.fullmatch(_FLOAT, s):
         value = float(s)
         if math.isfinite(value):
             return value
@@ -78,7 +80,7 @@ def _env_error(message: str, path: tuple[str | int, ...], hint: str | None = Non
 
 
 def _eval_expr(body: str, environ: Mapping[str, str], path: tuple[str | int, ...]) -> str | bool:
-    m = _ENV_EXPR.match(body)
+    m = re.match(_ENV_EXPR, body, re.VERBOSE)
     if m is None:
         raise _env_error(f"cannot read '${{{body}}}'", path,
                          hint="use ${env.NAME}, ${env.NAME:-default}, ${env.NAME == 'x'} "
@@ -158,14 +160,14 @@ def interpolate_execution(obj: Any, environ: Mapping[str, str], *, where: str = 
 # --- ${steps...} in task strings ---------------------------------------------------------------------
 
 # Step ids may contain dots, so the id is matched lazily up to the first `.outputs.`.
-_TASK_REF = re.compile(
+_TASK_REF = (
     r"\$\{\s*(?:steps\.(?P<step>[a-z0-9][a-z0-9._-]*?)\.outputs\.(?P<key>[A-Za-z0-9_.-]+)"
     r"|(?P<builtin>workstream\.id|run\.id|run\.dir))\s*\}")
 
 
 def task_references(text: str) -> list[tuple[str, str]]:
     """The `(step_id, key)` pairs a task string reads through `${steps.<id>.outputs.<key>}`."""
-    return [(m.group("step"), m.group("key")) for m in _TASK_REF.finditer(text) if m.group("step")]
+    return [(m.group("step"), m.group("key")) for m in re.finditer(_TASK_REF, text) if m.group("step")]
 
 
 def _render(value: Any) -> str:
@@ -202,4 +204,4 @@ def substitute_task(text: str, *, outputs: Mapping[str, Mapping[str, Any]], ws_i
                                      f"(its outputs: {known})")
         return _render(step_outputs[key])
 
-    return _TASK_REF.sub(replace, text)
+    return re.sub(_TASK_REF, replace, text)

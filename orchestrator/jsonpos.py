@@ -12,6 +12,7 @@ after all. Paths are tuples of keys and list indexes, as `interp.format_json_pat
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Iterable
@@ -44,10 +45,12 @@ def line_cols(text: str, offsets: Iterable[int]) -> dict[int, tuple[int, int]]:
     return out
 
 
-_WS = re.compile(r"[ \t\n\r]*")
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
-_SCALAR = re.compile(r'[^\s,:\[\]{}"]+')
-_BRACKETS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+@functools.cache
+def _tokens() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """Whitespace, string, scalar, and string-or-bracket patterns, compiled the first time a
+    document has something to place: a valid one never does."""
+    return (re.compile(r"[ \t\n\r]*"), re.compile(r'"(?:[^"\\]|\\.)*"', re.S),
+            re.compile(r'[^\s,:\[\]{}"]+'), re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S))
 
 
 def locate(text: str, paths: Iterable[JPath]) -> tuple[dict[JPath, int], dict[JPath, int]]:
@@ -91,18 +94,19 @@ def token_offset(text: str, token: str) -> int | None:
 
 
 def _key_at(text: str, pos: int) -> tuple[str, int]:
-    m = _STRING.match(text, pos)
+    ws, string, _, _ = _tokens()
+    m = string.match(text, pos)
     if m is None:
         raise ValueError("a key was expected")
     raw = m.group()
     key = json.loads(raw) if "\\" in raw else raw[1:-1]
-    pos = _WS.match(text, m.end()).end() + 1           # past the ':'
-    return key, _WS.match(text, pos).end()
+    pos = ws.match(text, m.end()).end() + 1           # past the ':'
+    return key, ws.match(text, pos).end()
 
 
 def _skip(text: str, pos: int) -> int:
     depth = 0
-    for m in _BRACKETS.finditer(text, pos):
+    for m in _tokens()[3].finditer(text, pos):
         tok = m.group()
         if tok[0] == '"':
             continue
@@ -120,7 +124,8 @@ def _scan(text: str, wanted: set[JPath], *, find_duplicate: bool,
     found: dict[JPath, int] = {}
     if keys is None:
         keys = {}
-    pos = _WS.match(text).end()
+    ws, string, scalar, _ = _tokens()
+    pos = ws.match(text).end()
     path: JPath = ()
     stack: list[list[Any]] = []                       # [path, is_object, index, keys seen]
     while True:
@@ -134,7 +139,7 @@ def _scan(text: str, wanted: set[JPath], *, find_duplicate: bool,
                 pos = _skip(text, pos)
             else:
                 is_obj = c == "{"
-                pos = _WS.match(text, pos + 1).end()
+                pos = ws.match(text, pos + 1).end()
                 if text[pos] in "}]":
                     pos += 1
                 else:
@@ -152,16 +157,16 @@ def _scan(text: str, wanted: set[JPath], *, find_duplicate: bool,
                         path = frame[0] + (0,)
                     continue
         elif c == '"':
-            pos = _STRING.match(text, pos).end()      # type: ignore[union-attr]
+            pos = string.match(text, pos).end()      # type: ignore[union-attr]
         else:
-            pos = _SCALAR.match(text, pos).end()      # type: ignore[union-attr]
+            pos = scalar.match(text, pos).end()      # type: ignore[union-attr]
         while True:                                   # after a value: next sibling or close
             if not stack:
                 return found, None
-            pos = _WS.match(text, pos).end()
+            pos = ws.match(text, pos).end()
             frame = stack[-1]
             if text[pos] == ",":
-                pos = _WS.match(text, pos + 1).end()
+                pos = ws.match(text, pos + 1).end()
                 if frame[1]:
                     start = pos
                     key, pos = _key_at(text, pos)

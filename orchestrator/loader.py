@@ -39,7 +39,6 @@ from .schema import validators as _validators  # noqa: F401
 
 __all__ = ["ID_PATTERN", "load_by_id", "load_schema", "load_workstream", "parse_workstream"]
 
-_ID_RE = re.compile(ID_PATTERN[1:-1])
 ON_CONFLICT = ("error", "serialize")
 
 
@@ -48,7 +47,7 @@ ON_CONFLICT = ("error", "serialize")
 def load_by_id(ws_id: str, workstreams_dir: str | os.PathLike[str], *, project_root: Path,
                environ: Mapping[str, str] | None = None, on_conflict: str = "error") -> Workstream:
     """Load `<workstreams_dir>/<ws_id>.json`; the id is checked first, so it cannot name a path."""
-    if not isinstance(ws_id, str) or not _ID_RE.fullmatch(ws_id):
+    if not isinstance(ws_id, str) or not re.fullmatch(ID_PATTERN[1:-1], ws_id):
         raise ValidationError(f"invalid workstream id {ws_id!r}: {ID_RULE}")
     directory = Path(workstreams_dir)
     path = directory / f"{ws_id}.json"

@@ -15,8 +15,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import re
-from importlib import resources
 from itertools import chain, repeat
 from operator import contains, itemgetter, methodcaller
 from typing import Any, Callable, Iterable
@@ -47,8 +47,14 @@ def load_schema(name: str) -> dict[str, Any]:
 def _schema(name: str) -> dict[str, Any]:
     if name not in ("workstream", "results_summary"):
         raise ValueError(f"unknown schema {name!r}")
-    ref = resources.files("orchestrator") / "schemas" / f"{name}.schema.json"
-    return json.loads(ref.read_text(encoding="utf-8"))
+    file = f"{name}.schema.json"
+    try:  # next to this module in an ordinary install; importlib.resources costs ~3 ms to start
+        with open(os.path.join(os.path.dirname(__file__), "schemas", file), encoding="utf-8") as f:
+            return json.load(f)
+    except OSError:  # e.g. imported from a zip
+        from importlib import resources
+        return json.loads((resources.files("orchestrator") / "schemas" / file)
+                          .read_text(encoding="utf-8"))
 
 
 class Validators:
@@ -59,8 +65,8 @@ class Validators:
     """
 
     def __init__(self) -> None:
-        schema = load_schema("workstream")
-        schema["$defs"]["env_expr"] = False
+        published = _schema("workstream")         # shared, read only: copy what changes
+        schema = dict(published, **{"$defs": dict(published["$defs"], env_expr=False)})
         self._schema = schema
         compile_ = _compiler(schema)
         self.fast = compile_(schema)
