@@ -40,7 +40,7 @@ class StepRecord:
     definition_hash: str = ""
     kept: bool = False                   # succeeded in an earlier session of a resumed run
     start_is_estimate: bool = False      # started_at is the submit time, until the worker tells
-    _cached: tuple = field(default=(), repr=False, compare=False)   # (key, state dict)
+    _cached: tuple = field(default=(), repr=False, compare=False)   # ((), state dict)
     _cached_json: tuple = field(default=(), repr=False, compare=False)   # (dict, '"id":{...}')
 
     @property
@@ -68,15 +68,20 @@ class StepRecord:
         if result.cpu_time_s is not None:
             self.cpu_time_s = round((self.cpu_time_s or 0.0) + result.cpu_time_s, 4)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # any change of a field drops the cached state (fields are replaced, never changed in place)
+        d = self.__dict__
+        d[name] = value
+        if name[0] != "_" and d.get("_cached"):
+            d["_cached"] = ()
+
     def state_dict(self) -> dict[str, Any]:
-        """The step as state.json shows it; rebuilt only when something in it changed (the live
-        state of a 1000-step run is written several times a second)."""
-        key = (self.status, self.attempts, self.started_at, self.finished_at, self.task_index,
-               self.task_count, self.worker, self.error, len(self.blocked_by), id(self.result))
-        if self._cached and self._cached[0] == key:
+        """The step as state.json shows it; rebuilt only when a field changed (the live state of a
+        1000-step run is written several times a second)."""
+        if self._cached:
             return self._cached[1]
         d = self._build_state_dict()
-        self._cached = (key, d)
+        self.__dict__["_cached"] = ((), d)
         return d
 
     def state_entry(self, secrets: tuple[str, ...]) -> str:

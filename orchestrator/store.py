@@ -79,7 +79,7 @@ class RunStore:
         self.run_id: str | None = None
         self.run_dir: Path | None = None
         self._lock_fd: int | None = None
-        self._log = None
+        self._log: int | None = None   # orchestrator.log, opened on the first line
         self.secrets: tuple[str, ...] = ()   # masked in everything this store writes
         self._stamp_sec, self._stamp = -1, ""
 
@@ -180,17 +180,19 @@ class RunStore:
         """Append one event line to orchestrator.log (flushed at once, for tail -f)."""
         if self._log is None:
             _mkdir(self.ws_dir)
-            fd = os.open(self.ws_dir / "orchestrator.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._log = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
+            self._log = os.open(self.ws_dir / "orchestrator.log",
+                                os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         now = time.time()
         sec = int(now)
         if sec != self._stamp_sec:  # one clock read per line; strftime once a second
             self._stamp_sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        self._log.write(f"{self._stamp}.{int((now - sec) * 1000):03d}Z {mask(line, self.secrets)}\n")
+        # one write(2) a line, to an O_APPEND descriptor: whole lines, at once, for tail -f
+        os.write(self._log, f"{self._stamp}.{int((now - sec) * 1000):03d}Z "
+                            f"{mask(line, self.secrets)}\n".encode())
 
     def close(self) -> None:
         if self._log is not None:
-            self._log.close()
+            os.close(self._log)
             self._log = None
         self.release_lock()
 
