@@ -23,7 +23,7 @@ the remaining steps of a tool after N consecutive failed steps of it. `stop()` i
 """
 from __future__ import annotations
 
-import heapq
+from heapq import heapify, heappop, heappush
 import random
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -124,7 +124,7 @@ class Scheduler:
         # keys are unique (they end with the file position), so the pop order is the same
         # whichever way the heap is built
         ready = [(self._key[sid], sid) for sid, n in self.unmet.items() if n == 0 and sid not in kept]
-        heapq.heapify(ready)
+        heapify(ready)
         self._heap: list[tuple[tuple, str]] = ready
 
     # --- queries -----------------------------------------------------------------------------------
@@ -187,9 +187,10 @@ class Scheduler:
         self._token_blocked = False
         self._earliest_retry = None
         aside: list[tuple[tuple, str]] = []
-        while self._heap and len(self.running) < cap:
-            key, sid = heapq.heappop(self._heap)
-            if self.state[sid].status is not StepStatus.PENDING:
+        heap, state, running = self._heap, self.state, self.running
+        while heap and len(running) < cap:
+            key, sid = heappop(heap)
+            if state[sid].status is not StepStatus.PENDING:
                 continue  # blocked or skipped while it waited
             if not self._may_start(sid, now):
                 aside.append((key, sid))
@@ -201,7 +202,7 @@ class Scheduler:
             self._start(sid)
             out.append(sid)
         for item in aside:
-            heapq.heappush(self._heap, item)
+            heappush(heap, item)
         return out
 
     def _start(self, sid: str) -> None:
@@ -212,7 +213,8 @@ class Scheduler:
         g = self.group_of.get(sid)
         if g is not None:
             self.group_running[g] += 1
-        self.max_concurrency = max(self.max_concurrency, len(self.running))
+        if len(self.running) > self.max_concurrency:
+            self.max_concurrency = len(self.running)
 
     # --- recording results -------------------------------------------------------------------------
     def finish(self, sid: str, status: StepStatus, now: float, *, retry_delay: float | None = None,
@@ -237,7 +239,7 @@ class Scheduler:
             delay = base * (2 ** (st.attempts - 1)) * (1.0 + 0.1 * self.rng.random())
             st.status = StepStatus.PENDING
             st.not_before = now + delay
-            heapq.heappush(self._heap, (self._key[sid], sid))
+            heappush(self._heap, (self._key[sid], sid))
             out.retry_at = st.not_before
             return out
         st.status = status
@@ -247,9 +249,9 @@ class Scheduler:
             self.tool_failures[step.tool] = 0
             unmet, heap, key, state = self.unmet, self._heap, self._key, self.state
             for dep in self.dependents[sid]:
-                unmet[dep] -= 1
-                if unmet[dep] == 0 and state[dep].status is StepStatus.PENDING:
-                    heapq.heappush(heap, (key[dep], dep))
+                left = unmet[dep] = unmet[dep] - 1
+                if left == 0 and state[dep].status is StepStatus.PENDING:
+                    heappush(heap, (key[dep], dep))
             return out
         if status is StepStatus.CANCELLED and self.interrupted:
             return out  # an interrupted run leaves dependents pending, to be resumed
@@ -349,21 +351,24 @@ def simulate(ws: Workstream, *, max_workers: int | None = None,
     """
     durations = durations or {}
     sched = Scheduler(ws, max_workers=max_workers, priorities=priorities, serialize=serialize)
+    take_ready, finish, next_wakeup = sched.take_ready, sched.finish, sched.next_wakeup
     now = 0.0
     events: list[tuple[float, int, str]] = []
     plan: list[tuple[str, float, float]] = []
     seq = 0
     while not sched.done:
-        for sid in sched.take_ready(now):
-            step = sched.steps[sid]
-            d = durations.get(sid, step.estimated_duration if step.estimated_duration is not None else 1.0)
-            heapq.heappush(events, (now + d, seq, sid))
+        for sid in take_ready(now):
+            d = durations.get(sid)
+            if d is None:
+                estimate = sched.steps[sid].estimated_duration
+                d = 1.0 if estimate is None else estimate
+            heappush(events, (now + d, seq, sid))
             seq += 1
             plan.append((sid, now, now + d))
-        wake = sched.next_wakeup(now)
+        wake = next_wakeup(now)
         if events and (wake is None or events[0][0] <= wake):
-            now, _, sid = heapq.heappop(events)
-            sched.finish(sid, StepStatus.SUCCEEDED, now)
+            now, _, sid = heappop(events)
+            finish(sid, StepStatus.SUCCEEDED, now)
         elif wake is not None:
             now = wake
         elif not events:

@@ -117,6 +117,8 @@ def _duration_cell(seconds: float) -> str:
 
 
 def _number(value: Any) -> float:
+    if type(value) is float:                   # nearly always: the plan's own numbers
+        return value
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 

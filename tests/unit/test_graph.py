@@ -66,6 +66,48 @@ def test_remaining_and_critical_path():
     assert critical_path(DIAMOND, list(DIAMOND), durations) == (["a", "b", "d"], 10.0)
 
 
+def _reference_paths(deps, order, durations, default=1.0):
+    """remaining_path and critical_path by their definitions, on small graphs."""
+    names = list(dict.fromkeys([*order, *deps]))
+    users = {n: [m for m in names if n in deps.get(m, ())] for n in names}
+    rp: dict[str, float] = {}
+
+    def left(n):
+        if n not in rp:
+            d = durations.get(n)
+            rp[n] = (default if d is None else float(d)) + max([0.0, *(left(u) for u in users[n])])
+        return rp[n]
+
+    for n in names:
+        left(n)
+    path = [max(names, key=rp.__getitem__)] if names else []
+    while path and users[path[-1]]:
+        path.append(max(users[path[-1]], key=rp.__getitem__))
+    return {n: rp[n] for n in names}, path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_longest_paths_match_their_definition(data):
+    # any listing order (the fast pass needs dependencies first), unknown and repeated
+    # dependencies, zero and missing durations, ties
+    n = data.draw(st.integers(0, 9))
+    topo = [f"s{i}" for i in data.draw(st.permutations(range(n)))]
+    deps = {s: data.draw(st.lists(st.sampled_from(topo[:k] + ["ghost"]), max_size=3)) if k else []
+            for k, s in enumerate(topo)}
+    listed = data.draw(st.permutations(topo))
+    deps = {s: deps[s] for s in listed}
+    durations = {s: data.draw(st.sampled_from([0.0, 1.0, 2.5, None])) for s in topo}
+    rp, path = graph.longest_paths(deps, listed, durations)
+    assert (rp, path) == _reference_paths(deps, listed, durations)
+    assert list(rp) == listed
+    assert critical_path(deps, listed, durations) == (path, rp[path[0]] if path else 0.0)
+
+
+def test_find_cycle_in_a_file_listing_dependents_first():
+    assert find_cycle({"c": ["b"], "b": ["a", "ghost"], "a": []}) is None
+    assert find_cycle({"c": ["b"], "b": ["a"], "a": ["c"]}) == ["c", "b", "a", "c"]
+
 def test_remaining_path_defaults_missing_durations():
     rp = remaining_path({"a": [], "b": ["a"]}, ["a", "b"], {"b": None}, default=2.5)
     assert rp == {"a": 5.0, "b": 2.5}

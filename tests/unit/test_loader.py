@@ -3,6 +3,7 @@ model that is built, and a property test that nothing but ValidationError ever e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from orchestrator import loader
 from orchestrator.errors import OrchestratorError, ValidationError
 from orchestrator.loader import load_by_id, load_schema, load_workstream, parse_workstream
-from orchestrator.model import OnFailure, Workstream
+from orchestrator.model import OnFailure, Step, Workstream
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -102,6 +103,15 @@ def test_full_workstream_model(tmp_path):
     assert (ex.circuit_breaker_threshold, ex.max_log_bytes, ex.adaptive_scaling) == (3, 1000, True)
     assert (ws.title, ws.description) == ("T", "D")
 
+
+def test_steps_have_every_field_and_their_own_mutable_values(tmp_path):
+    # the loader builds steps without Step.__init__: no field may be missing or shared
+    ws = parse(doc({"id": "a"}, {"id": "b", "env": {"K": "v"}, "depends_on": ["a"]}), tmp_path)
+    a, b = ws.steps
+    names = {f.name for f in dataclasses.fields(Step)}
+    assert vars(a).keys() == names and vars(b).keys() == names
+    assert a == Step(id="a", index=0) and b == Step(id="b", index=1, env={"K": "v"}, depends_on=("a",))
+    assert a.kwargs is not b.kwargs and a.resources is not b.resources
 
 def test_auto_workers_are_the_usable_cpus(tmp_path):
     ws = parse(doc(execution={"max_workers": "auto"}), tmp_path)
@@ -635,3 +645,45 @@ def test_deep_nesting_is_a_validation_error(tmp_path):
     for depth in (500, 100_000):
         text = '{"id": "ws", "steps": [{"id": "a", "args": ' + "[" * depth + "]" * depth + "}]}"
         _only_validation_errors(text, tmp_path)
+
+
+@pytest.mark.parametrize("step", [
+    {"id": "a", "depends_on": ["b", "c"]}, {"id": "a", "depends_on": []},
+    {"id": "a", "depends_on": ["b", 1]}, {"id": "a", "depends_on": ["B"]},
+    {"id": "a", "depends_on": ["b\n"]}, {"id": "a", "depends_on": "b"},
+    {"id": "a\n"}, {"id": ""}, {"id": 3}, {"tasks": ["x"]},
+    {"id": "a", "tasks": ["x", 2]}, {"id": "a", "tasks": [None]}, {"id": "a", "tasks": {}},
+    {"id": "a", "files_scope": [""]}, {"id": "a", "files_scope": ["x", "y"]},
+    {"id": "a", "files_scope": {"reads": ["x"], "writes": [""]}}, {"id": "a", "tool": ""},
+    {"id": "a", "callable": "m:f"}, {"id": "a", "callable": "m.f"}, {"id": "a", "env": {"K": 1}},
+    {"id": "a", "resources": {"gpu": -1}}, {"id": "a", "unknown": 1}, [], "a",
+])
+def test_fast_schema_check_agrees_on_each_compiled_shape(step):
+    # strings with a pattern or a minimum length, lists of them, and objects are compiled into
+    # single closures (see schema._compiler); each must answer as jsonschema does
+    v = loader._validators()
+    assert v.fast_step(step) == v.slow_step.is_valid(step)
+    d = doc(step)
+    assert v.fast(d) == v.slow.is_valid(d)
+
+
+@pytest.mark.parametrize("steps, message", [
+    ([{"id": "a"}, {"id": "b", "depends_on": ["a", "zz"]}], "unknown step 'zz'"),
+    ([{"id": "b", "depends_on": ["a"]}, {"id": "a", "depends_on": ["b"]}],
+     "dependency cycle: b -> a -> b"),
+    ([{"id": "a", "tasks": ["echo ${steps.b.outputs.x}"]}, {"id": "b"}],
+     "does not depend on step 'b'"),
+    ([{"id": "a"}, {"id": "b", "acceptance_tests": ["test ${steps.c.outputs.x}"]}],
+     "unknown step 'c'"),
+    ([{"id": "a", "depends_on": ["a\n"]}], "it ends with a newline"),
+])
+def test_checks_with_a_quick_first_look_still_report(tmp_path, steps, message):
+    # unknown dependencies, references, newlines and cycles are first looked for all at once;
+    # when that look finds something, the step-by-step check must still say what and where
+    assert message in rejected(doc(*steps), tmp_path).message
+
+
+def test_steps_listed_before_their_dependencies_load(tmp_path):
+    ws = parse(doc({"id": "c", "depends_on": ["b"]}, {"id": "b", "depends_on": ["a"]}, {"id": "a"}),
+               tmp_path)
+    assert ws.step_ids == ("c", "b", "a")
