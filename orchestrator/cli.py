@@ -9,8 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -223,6 +221,8 @@ def graph(file, ws_id, workstreams_dir, fmt, output) -> None:
         text = drawing.dot(ws)
     if fmt == "png":
         out = Path(output or "dependency_graph.png")
+        import shutil
+        import subprocess
         dot = shutil.which("dot")
         if dot is None:
             mmd = out.with_suffix(".mmd")

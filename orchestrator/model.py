@@ -18,7 +18,6 @@ Step states (`StepStatus`) and their legal transitions::
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -129,6 +128,7 @@ class Step:
             "files_scope": [list(self.files_scope.reads), list(self.files_scope.writes)],
         }
         blob = json.dumps(what, sort_keys=True, default=str).encode()
+        import hashlib   # 2.6 ms of import: only a run that records steps needs it
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -19,8 +19,6 @@ command and cannot wedge the pool worker.
 from __future__ import annotations
 
 import collections
-import inspect
-import importlib
 import json
 import os
 import resource
@@ -28,7 +26,6 @@ import select
 import signal
 import sys
 import time
-import traceback
 from typing import Any, Callable
 
 from . import procs
@@ -244,6 +241,8 @@ def _spawn_python(task: Task, spec: StepSpec, env: dict[str, str], wfd: int, res
         if spec.project_root not in sys.path:
             sys.path.insert(0, spec.project_root)
         mod_name, _, fn_name = (task.callable or "").partition(":")
+        import importlib
+        import inspect
         fn = getattr(importlib.import_module(mod_name), fn_name)
         kwargs = dict(task.kwargs)
         try:
@@ -264,6 +263,7 @@ def _spawn_python(task: Task, spec: StepSpec, env: dict[str, str], wfd: int, res
         code = 0
     except BaseException as e:  # the step's own failure: report it, never let it escape the fork
         try:
+            import traceback
             traceback.print_exc()
             with open(result_path, "w") as f:
                 json.dump({"ok": False, "error": f"{type(e).__name__}: {e}"}, f)
