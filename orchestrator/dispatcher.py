@@ -34,7 +34,7 @@ from .errors import UsageError, WorkerDied
 from .interp import InterpolationError
 from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
-from .records import StepRecord, state_dict, state_json, summary_dict
+from .records import StepRecord, state_json, summary_dict
 from .report import render_junit, render_report
 from .scheduler import Scheduler
 from .specs import RunContext, build_spec
@@ -613,10 +613,12 @@ class Dispatcher:
     def _log_line(self, line: str) -> None:
         self.store.log(line)
 
-    def _state(self, status: str, finished: float | None = None) -> dict[str, Any]:
-        return state_dict(ws=self.ws, run_id=self.run_id, status=status, pid=os.getpid(),
+    def _state_json(self, status: str, finished: float | None = None) -> str:
+        """`_state` as compact JSON, secrets masked, from each step's cached encoding."""
+        return state_json(secrets=self.secrets, records=self.records, ws=self.ws,
+                          run_id=self.run_id, status=status, pid=os.getpid(),
                           started_at=self.started_at, updated_at=self.wall(), finished_at=finished,
-                          execution=self._execution_dict(), records=self.records)
+                          execution=self._execution_dict())
 
     def _flush(self, force: bool = False) -> None:
         now = self.clock()
@@ -625,10 +627,7 @@ class Dispatcher:
         for sid, rec in self.records.items():
             if rec.status in (StepStatus.BLOCKED,):
                 rec.blocked_by = list(self.sched.state[sid].blocked_by)
-        self.store.write_json_text("state.json", state_json(
-            secrets=self.secrets, records=self.records, ws=self.ws, run_id=self.run_id,
-            status="running", pid=os.getpid(), started_at=self.started_at, updated_at=self.wall(),
-            finished_at=None, execution=self._execution_dict()))
+        self.store.write_json_text("state.json", self._state_json("running"))
         self._dirty = False
         self._last_flush = now
 
@@ -663,7 +662,7 @@ class Dispatcher:
         return RunOutcome(code, self.run_id, self.run_dir, summary)
 
     def _write_results(self, status: str, finished: float) -> dict[str, Any]:
-        self.store.write_json("state.json", self._state(status, finished))
+        self.store.write_json_text("state.json", self._state_json(status, finished))
         log_files = {sid: f"steps/{sid}.log" for sid in self.records}
         summary = summary_dict(ws=self.ws, run_id=self.run_id, status=status,
                                started_at=self.started_at, finished_at=finished,

@@ -130,16 +130,8 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(x, nd)
 
 
-def state_dict(*, ws: Workstream, run_id: str, status: str, pid: int, started_at: float,
-               updated_at: float, finished_at: float | None, execution: Mapping[str, Any],
-               records: Mapping[str, StepRecord]) -> dict[str, Any]:
-    return {**_state_head(ws=ws, run_id=run_id, status=status, pid=pid, started_at=started_at,
-                          updated_at=updated_at, finished_at=finished_at, execution=execution),
-            "steps": {sid: rec.state_dict() for sid, rec in records.items()}}
-
-
 def state_json(*, secrets: tuple[str, ...], records: Mapping[str, StepRecord], **head: Any) -> str:
-    """`state_dict` as compact JSON with secrets masked, from each step's cached encoding."""
+    """state.json as compact JSON with secrets masked, from each step's cached encoding."""
     text = json.dumps(mask_obj(_state_head(**head), secrets), separators=(",", ":"), default=str)
     return (text[:-1] + ',"steps":{' + ",".join(rec.state_entry(secrets) for rec in records.values())
             + "}}")

@@ -37,6 +37,7 @@ BAD_RUN = ("failed", "timed_out", "cancelled")      # statuses that ran and ende
 RESULT_LINE = {"succeeded": "✅ succeeded", "failed": "❌ failed", "interrupted": "⚠️ interrupted"}
 LOG_TAIL_LINES = 20
 ERROR_CELL_CHARS = 80
+DIAGRAM_MAX_STEPS = 200   # above this, the report's Mermaid timeline and flowchart are left out
 
 
 # --- helpers shared with the dispatcher and status_view ------------------------------------------
@@ -515,9 +516,18 @@ def render_report(summary: Mapping[str, Any], *, log_tails: Mapping[str, str],
              ["Success rate", "-" if rate is None else f"{rate:.0%}"]]
     out += ["## Summary", "", *_github_table(rows, ["Metric", "Value"]), "",
             _time_saved(totals), ""]
-    out += ["## Timeline", "", *_gantt(steps), ""]
+    if len(steps) > DIAGRAM_MAX_STEPS:
+        # Mermaid refuses diagrams of more than 50 000 characters, and a chart of a thousand bars
+        # tells nobody anything; the table below has every step's start and duration
+        note = (f"_{len(steps)} steps: too many for a diagram (more than {DIAGRAM_MAX_STEPS}); the "
+                f"Steps table has each start and duration, and `orchestrator graph` draws the "
+                f"dependencies._")
+        out += ["## Timeline", "", note, ""]
+    else:
+        out += ["## Timeline", "", *_gantt(steps), ""]
+        if steps:
+            out += ["## Dependencies", "", *_flowchart(steps), ""]
     if steps:
-        out += ["## Dependencies", "", *_flowchart(steps), ""]
         out += ["## Steps", "", *_step_table(steps), ""]
     out += _tests_table(steps)
     out += _failures(steps, log_tails)
