@@ -133,6 +133,7 @@ class Dispatcher:
         self.holds: list[dict[str, Any]] = []
         self.status = "running"
         self.interrupted = False
+        self._outputs, self._return_values = _Outputs(self.records), _ReturnValues(self.records)
         self.secrets = secret_values([os.environ, options.extra_env, *[s.env for s in ws.steps],
                                       *[t.env for t in ws.tools.values()]])
 
@@ -391,14 +392,16 @@ class Dispatcher:
             self._record(StepResult(sid, attempt, StepStatus.TIMED_OUT, started_at=t, finished_at=t,
                                     error=f"{spec.timeout_reason} was reached before it started"), now)
             return
-        if not restart:
-            self._log_line(f"STEP START {sid} attempt={attempt}")
-            self.reporter.step_started(sid, attempt, self.store.step_log(sid))
+        # started first, told after: on a chain, the bookkeeping is off the critical path (the step
+        # cannot end before the next loop iteration collects it)
         try:
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         except (_futures().BrokenExecutor, RuntimeError):
             self.pool.replace()
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
+        if not restart:
+            self._log_line(f"STEP START {sid} attempt={attempt}")
+            self.reporter.step_started(sid, attempt, self.store.step_log(sid))
         self.inflight[sid] = (attempt, fut)
         self._submitted[sid] = now
         if rec.started_at is None:  # until the worker says (or the result shows) when it started
@@ -428,9 +431,8 @@ class Dispatcher:
             left = start + g.timeout - now
             if left < timeout:
                 timeout, reason = max(0.0, left), f"step group {g.id} timeout of {g.timeout:g}s"
-        return build_spec(self._context, sid, attempt, outputs=_Outputs(self.records),
-                          return_values=_ReturnValues(self.records), timeout=timeout,
-                          timeout_reason=reason)
+        return build_spec(self._context, sid, attempt, outputs=self._outputs,
+                          return_values=self._return_values, timeout=timeout, timeout_reason=reason)
 
     # --- results -----------------------------------------------------------------------------------
     def _read_progress(self, fd: int, partial: bytes) -> bytes:

@@ -119,8 +119,15 @@ class Step:
     def definition_hash(self) -> str:
         """A digest of everything that decides what the step does (not its position or hints).
 
-        `run --resume` keeps a succeeded step only while this digest is unchanged.
+        `run --resume` keeps a succeeded step only while this digest is unchanged. Computed once
+        (a run asks at its start and again for the history at its end).
         """
+        cached = self.__dict__.get("_definition_hash")
+        if cached is None:
+            cached = self.__dict__["_definition_hash"] = self._digest()
+        return cached
+
+    def _digest(self) -> str:
         what = {
             "tool": self.tool, "tasks": list(self.tasks), "callable": self.callable,
             "args": list(self.args), "kwargs": dict(self.kwargs), "depends_on": list(self.depends_on),

@@ -7,7 +7,7 @@ dispatcher's mutable bookkeeping for one step across its attempts.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Mapping
 
 from .masking import mask, mask_obj
@@ -15,7 +15,7 @@ from .model import StepResult, StepStatus, Workstream
 from .report import iso, max_concurrency
 
 
-@dataclass
+@dataclass(init=False)
 class StepRecord:
     step_id: str
     depends_on: tuple[str, ...]
@@ -42,6 +42,14 @@ class StepRecord:
     start_is_estimate: bool = False      # started_at is the submit time, until the worker tells
     _cached: tuple = field(default=(), repr=False, compare=False)   # ((), state dict)
     _cached_json: tuple = field(default=(), repr=False, compare=False)   # (dict, '"id":{...}')
+
+    def __init__(self, step_id: str, depends_on: tuple[str, ...], timeout_s: float,
+                 description: str = "", definition_hash: str = ""):
+        # straight into __dict__ (a run makes one per step at its start; the field setter below,
+        # which drops the cached state, is for changes)
+        self.__dict__.update(_FRESH, step_id=step_id, depends_on=depends_on, timeout_s=timeout_s,
+                             description=description, definition_hash=definition_hash,
+                             blocked_by=[], outputs={}, acceptance_tests=[])
 
     @property
     def duration_s(self) -> float | None:
@@ -124,6 +132,9 @@ class StepRecord:
         rec.peak_rss_bytes, rec.cpu_time_s = d.get("peak_rss_bytes"), d.get("cpu_time_s")
         rec.definition_hash = d.get("definition_hash") or ""
         return rec
+
+
+_FRESH = {f.name: f.default for f in fields(StepRecord) if f.default is not MISSING}
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:

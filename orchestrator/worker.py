@@ -403,6 +403,8 @@ def _drain(rfd: int, sink: LogSink) -> bool:
 def _read_outputs(path: str) -> dict[str, str]:
     """`key=value` lines, and GitHub's `key<<DELIM` ... `DELIM` blocks for multi-line values."""
     out: dict[str, str] = {}
+    if not os.access(path, os.F_OK):   # the usual case, without raising and catching an error
+        return out
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             lines = f.read().splitlines()
@@ -469,6 +471,8 @@ def judge_task(v: Verdict, spec: StepSpec, i: int, task: Task, ran: _Ran, cancel
                result_path: str | None = None) -> None:
     """Task `i` (1-based) has ended: update the verdict. `cancelled`: the run cancelled this step."""
     v.rss, v.cpu, v.exit_code = max(v.rss, ran.maxrss), v.cpu + ran.cpu, ran.rc
+    if ran.rc == 0 and ran.outcome == "exited" and not task.callable:
+        return                                  # the common case: nothing to say
     where = f"in task {i}: `{task.label}`"
     if ran.outcome == "timeout":
         v.status, v.error = StepStatus.TIMED_OUT, f"timed out ({spec.timeout_reason}) {where}"
