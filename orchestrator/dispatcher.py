@@ -123,6 +123,7 @@ class Dispatcher:
         self._next_tick = 0.0
         self._exit_codes: dict[int, int | None] = {}
         self._submitted: dict[str, float] = {}   # clock time of the running attempt's submit
+        self._backstop_due = float("inf")        # the earliest backstop of a running step
         # adaptive scaling: hold new starts while the machine is overloaded
         self.probe = load_probe
         if self.probe is None and ws.execution.adaptive_scaling:
@@ -235,7 +236,6 @@ class Dispatcher:
         try:
             while True:
                 now = self.clock()
-                partial = self._read_progress(prog_r, partial)
                 self._handle_signals()
                 self._collect(now)
                 if run_deadline is not None and now >= run_deadline and not self.sched.stopping:
@@ -264,15 +264,16 @@ class Dispatcher:
                     ready, _, _ = select.select([wake_r, prog_r, *pool_fds], [], [], timeout)
                 except InterruptedError:
                     ready = []
-                if pool_fds:  # readable descriptors, and the pool's own timers
-                    # progress first: a step's "started" must be known before its result
+                if prog_r in ready:  # progress first: a step's "started" before its result
                     partial = self._read_progress(prog_r, partial)
+                if pool_fds:  # readable descriptors, and the pool's own timers
                     self.pool.poll(ready)
-                try:
-                    while os.read(wake_r, 4096):
+                if wake_r in ready:
+                    try:
+                        while os.read(wake_r, 4096):
+                            pass
+                    except BlockingIOError:
                         pass
-                except BlockingIOError:
-                    pass
         finally:
             self._restore_signals(old_handlers)
             self.pool.shutdown(kill=bool(self.inflight))
@@ -301,9 +302,8 @@ class Dispatcher:
             due = hint(time.monotonic())
             if due is not None:
                 times.append(now + due)
-        if self.inflight:  # the backstop for workers that stopped answering
-            times.append(min(self._submitted.get(sid, now) + self.records[sid].timeout_s
-                             + self.opt.grace + BACKSTOP_MARGIN for sid in self.inflight))
+        if self.inflight and self._backstop_due != float("inf"):  # workers that stop answering
+            times.append(self._backstop_due)
         if not times:
             return None
         return max(0.0, min(times) - now)
@@ -404,6 +404,8 @@ class Dispatcher:
             self.reporter.step_started(sid, attempt, self.store.step_log(sid))
         self.inflight[sid] = (attempt, fut)
         self._submitted[sid] = now
+        self._backstop_due = min(self._backstop_due,
+                                 now + rec.timeout_s + self.opt.grace + BACKSTOP_MARGIN)
         if rec.started_at is None:  # until the worker says (or the result shows) when it started
             rec.started_at, rec.start_is_estimate = self.wall(), True
         if spec.tasks:
@@ -592,6 +594,11 @@ class Dispatcher:
             self._log_line("CANCEL BACKSTOP workers did not stop their steps in time: killing them")
             self._kill_workers_trees(grace=0.0)
             self._cancel_at = now
+        if now < self._backstop_due:
+            return   # no running step's backstop is due (kept current by _submit and below)
+        self._backstop_due = min((self._submitted.get(sid, now) + self.records[sid].timeout_s
+                                  + self.opt.grace + BACKSTOP_MARGIN for sid in self.inflight),
+                                 default=float("inf"))
         for sid, (attempt, fut) in list(self.inflight.items()):
             limit = self.records[sid].timeout_s + self.opt.grace + BACKSTOP_MARGIN
             if now - self._submitted.get(sid, now) > limit and not fut.done():
