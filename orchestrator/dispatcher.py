@@ -34,7 +34,7 @@ from .errors import UsageError, WorkerDied
 from .interp import InterpolationError
 from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
-from .records import StepRecord, state_json, summary_dict
+from .records import StateJson, StepRecord, summary_dict
 from .report import render_junit, render_report
 from .scheduler import Scheduler
 from .specs import RunContext, build_spec
@@ -124,6 +124,7 @@ class Dispatcher:
         self._exit_codes: dict[int, int | None] = {}
         self._submitted: dict[str, float] = {}   # clock time of the running attempt's submit
         self._backstop_due = float("inf")        # the earliest backstop of a running step
+        self._state_text: StateJson | None = None   # made once the records are complete
         # adaptive scaling: hold new starts while the machine is overloaded
         self.probe = load_probe
         if self.probe is None and ws.execution.adaptive_scaling:
@@ -266,8 +267,7 @@ class Dispatcher:
                     ready = []
                 if prog_r in ready:  # progress first: a step's "started" before its result
                     partial = self._read_progress(prog_r, partial)
-                if pool_fds:  # readable descriptors, and the pool's own timers
-                    self.pool.poll(ready)
+                self.pool.poll(ready)  # readable descriptors, and the pool's own timers
                 if wake_r in ready:
                     try:
                         while os.read(wake_r, 4096):
@@ -624,10 +624,12 @@ class Dispatcher:
 
     def _state_json(self, status: str, finished: float | None = None) -> str:
         """`_state` as compact JSON, secrets masked, from each step's cached encoding."""
-        return state_json(secrets=self.secrets, records=self.records, ws=self.ws,
-                          run_id=self.run_id, status=status, pid=os.getpid(),
-                          started_at=self.started_at, updated_at=self.wall(), finished_at=finished,
-                          execution=self._execution_dict())
+        if self._state_text is None:
+            self._state_text = StateJson(self.records, self.secrets)
+        return self._state_text.text(ws=self.ws, run_id=self.run_id, status=status,
+                                     pid=os.getpid(), started_at=self.started_at,
+                                     updated_at=self.wall(), finished_at=finished,
+                                     execution=self._execution_dict())
 
     def _flush(self, force: bool = False) -> None:
         now = self.clock()
@@ -636,7 +638,9 @@ class Dispatcher:
         for sid, rec in self.records.items():
             if rec.status in (StepStatus.BLOCKED,):
                 rec.blocked_by = list(self.sched.state[sid].blocked_by)
-        self.store.write_json_text("state.json", self._state_json("running"))
+        # the first write is the loop's own (nothing runs yet; the writer thread starts after the
+        # pool has forked what it forks), later ones go to the store's writer thread
+        self.store.write_json_text("state.json", self._state_json("running"), background=not force)
         self._dirty = False
         self._last_flush = now
 

@@ -15,8 +15,8 @@ result), so a step gets the same record either way. `python` steps, which need a
 go to a `WorkerPool` made on first use.
 
 Nothing is leaked: the orchestrator is a child subreaper, so what a step leaves behind re-parents to
-it; at a step's end such orphans are found by their `ORCHESTRATOR_RUN_ID`/`ORCHESTRATOR_STEP_ID`
-environment and ended. A guardian process forked at start (`_guardian`) gets a signal when the
+it; within `ORPHAN_SWEEP` of a step's end such orphans are found by the `ORCHESTRATOR_STEP_ID` in
+their environment and ended (what still holds the step's output is ended at once, see `kill`). A guardian process forked at start (`_guardian`) gets a signal when the
 orchestrator dies, even by SIGKILL, and ends every process that carries this run's id.
 """
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .worker import (RSS_SAMPLE_EVERY, LogSink, Verdict, _Ran, _base_env, _own_h
                      judge_task, judge_test, keep_log, note_spawn_error)
 
 KILL_SWEEP = 0.5     # the guardian's grace between SIGTERM and SIGKILL
+ORPHAN_SWEEP = 0.05  # how soon after a step's end what it left behind is found and ended
 
 
 class Outcome:
@@ -211,7 +212,7 @@ class _Attempt:
         _, status, ru = os.wait4(c.pid, 0)
         os.close(c.pidfd)
         os.close(c.rfd)
-        self.pool.end_orphans(self.spec)
+        self.pool.step_ended()
         maxrss = ru.ru_maxrss * 1024
         if maxrss > self.pool.hwm * 1.1:  # above what the vfork inherited: the step's own peak
             self.peak = max(self.peak, maxrss)
@@ -290,6 +291,7 @@ class InlinePool:
         self.broken = False
         procs.become_subreaper()   # what a step leaves behind re-parents to us, not to init
         self.guardian = _start_guardian(run_id) if run_id else None
+        self._sweep_at: float | None = None     # when to look for what ended steps left behind
 
     # --- the pool face ------------------------------------------------------------------------------
     def submit(self, spec: StepSpec, callback: Callable[[Any], None]) -> Any:
@@ -317,21 +319,23 @@ class InlinePool:
         return [*self._fds, *(self._py.fds() if self._py is not None else ())]
 
     def wait_hint(self, now: float) -> float | None:
-        """Seconds until the next deadline or memory sample of a running step."""
-        if not self._running:
-            return None
-        return max(0.0, min(a.wake_at() for a in self._running.values()) - now)
+        """Seconds until the next deadline or memory sample of a running step, or orphan sweep."""
+        due = min((a.wake_at() for a in self._running.values()), default=None)
+        if self._sweep_at is not None and (due is None or self._sweep_at < due):
+            due = self._sweep_at
+        return None if due is None else max(0.0, due - now)
 
     def poll(self, ready) -> None:
         for fd in ready:
             att = self._fds.get(fd)
             if att is not None:
                 att.on_ready(fd)
-        if self._running:
+        if self._running or self._sweep_at is not None:
             now = time.monotonic()
             for att in list(self._running.values()):
                 if now >= att.wake_at():
                     att.on_timer(now)
+            self._sweep(now)
         if self._py is not None:
             self._py.poll(ready)
 
@@ -379,7 +383,7 @@ class InlinePool:
             t.join()
         if self._py is not None:
             self._py.shutdown(kill=kill)
-        self.end_orphans(None)
+        self.end_orphans(final=True)
         _stop_guardian(self.guardian)
         self.guardian = None
 
@@ -434,32 +438,43 @@ class InlinePool:
     def _known(self) -> set[int]:
         return set(self.worker_pids())
 
-    def _orphans(self, spec: StepSpec | None) -> list[int]:
+    def _orphans(self, final: bool) -> list[int]:
         """Our children that are no step's leader, pool worker or the guardian: what steps left
-        behind (re-parented to this subreaper). With `spec`, only that step's, by environment; a
-        process without our variables counts as the step's when no other step is running."""
+        behind (re-parented to this subreaper) whose step has ended, found by the step id in their
+        environment; one without it counts when no step is running. `final`: every one of them."""
         mine = procs.own_children()
         leaders = sum(1 for a in self._running.values() if a.child is not None)
         if self._py is None and len(mine) <= leaders + (self.guardian is not None):
             return []   # no more children than leaders (and the guardian): nothing left behind
         known = self._known()
+        running = {a.spec.step_id for a in self._running.values()}
         found = []
         for pid in mine:
             if pid in known:
                 continue
-            if spec is not None:
+            if not final:
                 owner = procs.run_marker(pid)
-                if owner is None and len(self._running) > 1:
+                if owner is None and running:
                     continue
-                if owner is not None and owner != (spec.run_id, spec.step_id):
+                if owner is not None and owner[0] == self.run_id and owner[1] in running:
                     continue
             found.append(pid)
         return found
 
-    def end_orphans(self, spec: StepSpec | None) -> None:
-        """At a step's end (or with None, the pool's): end its leftovers and reap our zombies.
-        One read of our children list when there is nothing to do."""
-        orphans = self._orphans(spec)
+    def step_ended(self) -> None:
+        """A step ended: its leftovers are looked for within ORPHAN_SWEEP (a read of /proc for every
+        step would cost 15 us each on a run of a thousand quick steps)."""
+        if self._sweep_at is None:
+            self._sweep_at = time.monotonic() + ORPHAN_SWEEP
+
+    def _sweep(self, now: float) -> None:
+        if self._sweep_at is not None and now >= self._sweep_at:
+            self._sweep_at = None
+            self.end_orphans(final=False)
+
+    def end_orphans(self, final: bool) -> None:
+        """End what ended steps left behind, and reap it (`final`: everything left)."""
+        orphans = self._orphans(final)
         if not orphans:
             return
         for pid in orphans:

@@ -80,8 +80,12 @@ class StepRecord:
         # any change of a field drops the cached state (fields are replaced, never changed in place)
         d = self.__dict__
         d[name] = value
-        if name[0] != "_" and d.get("_cached"):
-            d["_cached"] = ()
+        if name[0] != "_":
+            if d.get("_cached"):
+                d["_cached"] = ()
+            changed = d.get("_changed")   # a StateJson's set of steps to encode again
+            if changed is not None:
+                changed.add(d["step_id"])
 
     def state_dict(self) -> dict[str, Any]:
         """The step as state.json shows it; rebuilt only when a field changed (the live state of a
@@ -141,11 +145,25 @@ def _r(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(x, nd)
 
 
-def state_json(*, secrets: tuple[str, ...], records: Mapping[str, StepRecord], **head: Any) -> str:
-    """state.json as compact JSON with secrets masked, from each step's cached encoding."""
-    text = json.dumps(mask_obj(_state_head(**head), secrets), separators=(",", ":"), default=str)
-    return (text[:-1] + ',"steps":{' + ",".join(rec.state_entry(secrets) for rec in records.values())
-            + "}}")
+class StateJson:
+    """state.json as compact JSON with secrets masked. Each step's part is kept encoded and encoded
+    again only when one of its fields changed (the records tell this object), so writing the live
+    state of a 1000-step run is a join, not a thousand calls."""
+
+    def __init__(self, records: Mapping[str, StepRecord], secrets: tuple[str, ...]):
+        self.records, self.secrets = records, secrets
+        self.entries = dict.fromkeys(records, "")
+        self.changed: set[str] = set(records)
+        for rec in records.values():
+            rec.__dict__["_changed"] = self.changed
+
+    def text(self, **head: Any) -> str:
+        for sid in self.changed:
+            self.entries[sid] = self.records[sid].state_entry(self.secrets)
+        self.changed.clear()
+        text = json.dumps(mask_obj(_state_head(**head), self.secrets), separators=(",", ":"),
+                          default=str)
+        return text[:-1] + ',"steps":{' + ",".join(self.entries.values()) + "}}"
 
 
 def _state_head(*, ws: Workstream, run_id: str, status: str, pid: int, started_at: float,

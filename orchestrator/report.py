@@ -71,8 +71,13 @@ def human_duration(s: float | None) -> str:
 def iso(ts_epoch: float) -> str:
     """Epoch seconds as UTC ISO 8601 with milliseconds: `2026-11-25T14:30:22.123Z`."""
     ms = int(round(ts_epoch * 1000))    # round once, so .9996 carries into the seconds
-    dt = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    sec = ms // 1000
+    if sec != _iso_second[0]:           # a run's timestamps share a few seconds: format each once
+        _iso_second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
+    return f"{_iso_second[1]}.{ms % 1000:03d}Z"
+
+
+_iso_second: list = [None, ""]
 
 
 def parse_iso(text: Any) -> datetime | None:

@@ -42,6 +42,42 @@ def worktrees_root(project_root: Path, override: str | None = None) -> Path:
     return Path(chosen).resolve() if chosen else project_root / ".worktrees"
 
 
+class _Writer:
+    """A thread that writes the newest text given for each file, atomically (see atomic_write)."""
+
+    def __init__(self) -> None:
+        import threading
+        self._cond = threading.Condition()
+        self._pending: dict[Path, str] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
+        self._thread.start()
+
+    def put(self, path: Path, text: str) -> None:
+        with self._cond:
+            self._pending[path] = text
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                path, text = self._pending.popitem()
+            try:
+                atomic_write(path, text)
+            except OSError:   # the next write (or the final, foreground one) tries again
+                pass
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+
 def atomic_write(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
     blob = data.encode() if isinstance(data, str) else data
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -80,6 +116,7 @@ class RunStore:
         self.run_dir: Path | None = None
         self._lock_fd: int | None = None
         self._log: int | None = None   # orchestrator.log, opened on the first line
+        self._writer: _Writer | None = None
         self.secrets: tuple[str, ...] = ()   # masked in everything this store writes
         self._stamp_sec, self._stamp = -1, ""
 
@@ -191,6 +228,7 @@ class RunStore:
                             f"{mask(line, self.secrets)}\n".encode())
 
     def close(self) -> None:
+        self.settle()
         if self._log is not None:
             os.close(self._log)
             self._log = None
@@ -206,12 +244,28 @@ class RunStore:
         atomic_write(path, text + "\n", fsync=fsync)
         return path
 
-    def write_json_text(self, name: str, text: str) -> Path:
-        """Replace a file with JSON text that is already masked (see `records.state_json`)."""
+    def write_json_text(self, name: str, text: str, *, background: bool = False) -> Path:
+        """Replace a file with JSON text that is already masked (see `records.StateJson`).
+
+        `background`: from the store's writer thread (the temp file, its fsync and the rename cost
+        milliseconds the run loop need not wait for); a newer text for the same file replaces one not
+        yet written. A foreground write of a file first waits for its background writes."""
         assert self.run_dir is not None
         path = self.run_dir / name
+        if background:
+            if self._writer is None:
+                self._writer = _Writer()
+            self._writer.put(path, text + "\n")
+            return path
+        self.settle()
         atomic_write(path, text + "\n")
         return path
+
+    def settle(self) -> None:
+        """Wait until every background write is on disk."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def write_text(self, name: str, text: str) -> Path:
         assert self.run_dir is not None
