@@ -306,7 +306,7 @@ def _last_worker(e: BaseException) -> str:
 
 
 def _write_log(spec: StepSpec, data: bytes) -> None:
-    """The attempt's log on the orchestrator's side, as `worker.LogSink` writes it locally (no
+    """The attempt's log on the orchestrator's side, as `attempt.LogSink` writes it locally (no
     file for an attempt that left none)."""
     if not data:
         return

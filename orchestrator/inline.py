@@ -10,7 +10,7 @@ shell step is a small state machine (`_Attempt`) whose descriptors the dispatche
     pidfd readable  -> wait4 (exit status, CPU time); the next child, or the StepResult
     deadline / cancel -> a killer thread ends the tree (SIGTERM, grace, SIGKILL) while the loop goes on
 
-It decides exactly as `worker.run_step` does (the same helpers judge each child and build the
+It decides exactly as `worker.run_step` does (the same `attempt` helpers judge each child and build the
 result), so a step gets the same record either way. `python` steps, which need a fork of their own,
 go to a `WorkerPool` made on first use.
 
@@ -30,8 +30,8 @@ from typing import Any, Callable
 
 from . import procs
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
-from .worker import (RSS_SAMPLE_EVERY, LogSink, Verdict, _Ran, _base_env, _own_hwm, build_result,
-                     judge_task, judge_test, keep_log, note_spawn_error)
+from .attempt import (RSS_SAMPLE_EVERY, LogSink, Ran, Verdict, base_env, build_result, judge_task,
+                      judge_test, keep_log, note_spawn_error, own_hwm)
 
 KILL_SWEEP = 0.5     # the guardian's grace between SIGTERM and SIGKILL
 ORPHAN_SWEEP = 0.05  # how soon after a step's end what it left behind is found and ended
@@ -91,7 +91,7 @@ class _Attempt:
         self.sink = LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
         self.header = f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===\n"
-        env = _base_env()
+        env = base_env()
         env.update(spec.env)
         env["ORCHESTRATOR_OUTPUT"] = spec.output_path
         self.env = env
@@ -155,7 +155,7 @@ class _Attempt:
         except OSError as e:
             os.close(rfd)
             note_spawn_error(self.sink, task, e)
-            self._judge(task, _Ran(127, "spawn_error"), 0.0, len(self.sink.recent))
+            self._judge(task, Ran(127, "spawn_error"), 0.0, len(self.sink.recent))
             return False
         finally:
             os.close(wfd)
@@ -216,7 +216,7 @@ class _Attempt:
         maxrss = ru.ru_maxrss * 1024
         if maxrss > self.pool.hwm * 1.1:  # above what the vfork inherited: the step's own peak
             self.peak = max(self.peak, maxrss)
-        ran = _Ran(os.waitstatus_to_exitcode(status), self.stop or "exited", self.peak,
+        ran = Ran(os.waitstatus_to_exitcode(status), self.stop or "exited", self.peak,
                    ru.ru_utime + ru.ru_stime)
         task = self._current_task()
         self._judge(task, ran, time.monotonic() - c.t0, c.mark)
@@ -287,7 +287,7 @@ class InlinePool:
         self._py = None                     # a LocalPool, for `python` steps, made on first use
         self._killers: list[threading.Thread] = []
         self._cwd = os.getcwd()
-        self.hwm = _own_hwm()
+        self.hwm = own_hwm()
         self.broken = False
         procs.become_subreaper()   # what a step leaves behind re-parents to us, not to init
         self.guardian = _start_guardian(run_id) if run_id else None
