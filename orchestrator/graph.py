@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from itertools import accumulate, chain, repeat
 from operator import lt
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from .globs import GlobNFA, glob_overlap, is_directory, is_literal, literal_prefix, normalize_glob
 from .model import Workstream
@@ -459,23 +459,31 @@ def _reach_bits(g: _Graph, topo: list[int], nodes: set[int]
     bit = {n: 1 << k for k, n in enumerate(sorted(nodes))}
     anc: dict[int, int] = {}
     desc: dict[int, int] = {}
-    for result, edges, at, back, back_at, sweep in (
-            (anc, g.deps, g.dep_at, g.users, g.user_at, topo),
-            (desc, g.users, g.user_at, g.deps, g.dep_at, topo[::-1])):
-        pending = [back_at[i + 1] - back_at[i] for i in range(len(topo))]
-        live: dict[int, int] = {}
-        for n in sweep:
-            acc = 0
-            for d in edges[at[n]:at[n + 1]]:
-                acc |= live.get(d, 0) | bit.get(d, 0)
-                pending[d] -= 1
-                if pending[d] == 0:
-                    live.pop(d, None)
+    for result, edges, at, back_at, sweep in ((anc, g.deps, g.dep_at, g.user_at, topo),
+                                               (desc, g.users, g.user_at, g.dep_at, topo[::-1])):
+        readers = [back_at[i + 1] - back_at[i] for i in range(len(topo))]
+        for n, acc in _bit_sweep(sweep, edges, at, readers, bit):
             if n in bit:
                 result[n] = acc
-            if acc and pending[n]:
-                live[n] = acc
     return bit, anc, desc
+
+
+def _bit_sweep(order: list[int], edges: list[int], at: list[int], readers: list[int],
+               bit: dict[int, int]) -> Iterator[tuple[int, int]]:
+    """Yield each node of `order` with the OR of the bits of everything it reaches along `edges`
+    (`order` visits a node after all it reaches). A node's set is kept until its `readers` (the
+    nodes that reach it in one edge; decremented here) have all read it, then dropped."""
+    live: dict[int, int] = {}
+    for n in order:
+        acc = 0
+        for d in edges[at[n]:at[n + 1]]:
+            acc |= live.get(d, 0) | bit.get(d, 0)
+            readers[d] -= 1
+            if readers[d] == 0:
+                live.pop(d, None)
+        yield n, acc
+        if acc and readers[n]:
+            live[n] = acc
 
 
 def _ordered_pairs(g: _Graph, topo: list[int], topo_pos: list[int], pairs: set[tuple[int, int]]
@@ -495,22 +503,12 @@ def _ordered_pairs(g: _Graph, topo: list[int], topo_pos: list[int], pairs: set[t
     readers = [g.user_at[i + 1] - g.user_at[i] for i in range(len(topo))]
     first = min(topo_pos[n] for n in bit)        # before it, every set is empty
     last = max(topo_pos[n] for n in queries)     # after it, nothing is asked
-    ancestors: dict[int, int] = {}
     found: set[tuple[int, int]] = set()
-    deps, dep_at = g.deps, g.dep_at
-    for n in topo[first:last + 1]:
-        acc = 0
-        for d in deps[dep_at[n]:dep_at[n + 1]]:
-            acc |= ancestors.get(d, 0) | bit.get(d, 0)
-            readers[d] -= 1
-            if readers[d] == 0:
-                ancestors.pop(d, None)
+    for n, acc in _bit_sweep(topo[first:last + 1], g.deps, g.dep_at, readers, bit):
         if acc:
             for early, pair in queries.get(n, ()):
                 if acc & bit[early]:
                     found.add(pair)
-            if readers[n]:
-                ancestors[n] = acc
     return found
 
 
