@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import re
 from collections import deque
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 __all__ = ["GlobNFA", "glob_overlap", "is_directory", "is_literal", "literal_prefix",
            "normalize_glob"]
@@ -170,71 +170,73 @@ def _pick(iv: Intervals) -> str:
 def _segment_overlap(a: str, b: str) -> str | None:
     """A non-empty string matched by both segment globs, or None: 0-1 BFS over token positions."""
     ta, tb = _tokens(a), _tokens(b)
-    start = (0, 0)
-    parent: dict[tuple[int, int], tuple[tuple[int, int], str] | None] = {start: None}
-    queue: deque[tuple[int, int]] = deque([start])
-    goal = (len(ta), len(tb))
-    while queue:
-        state = queue.popleft()
-        if state == goal:
-            chars: list[str] = []
-            while parent[state] is not None:
-                state, ch = parent[state]  # type: ignore[misc]
-                chars.append(ch)
-            word = "".join(reversed(chars))
-            if ta and tb and ta[0] == _STAR and tb[0] == _STAR and not word[:1].isalnum():
-                word = "x" + word          # `a.py` reads better than the hidden `.py`; both fit
-            return word
-        i, j = state
+
+    def moves(i: int, j: int) -> list[tuple[tuple[int, int], str | None]]:
         x = ta[i] if i < len(ta) else None
         y = tb[j] if j < len(tb) else None
-        moves: list[tuple[tuple[int, int], str, bool]] = []   # (next, char consumed, free move)
+        out: list[tuple[tuple[int, int], str | None]] = []   # (next, char consumed; None: free)
         if x == _STAR:
-            moves.append(((i + 1, j), "", True))
+            out.append(((i + 1, j), None))
         if y == _STAR:
-            moves.append(((i, j + 1), "", True))
+            out.append(((i, j + 1), None))
         if x is not None and y is not None:
             if x == _STAR and y != _STAR:
                 if y:                      # an empty class (`[/]`) matches nothing
-                    moves.append(((i, j + 1), _pick(y), False))
+                    out.append(((i, j + 1), _pick(y)))
             elif y == _STAR and x != _STAR:
                 if x:
-                    moves.append(((i + 1, j), _pick(x), False))
+                    out.append(((i + 1, j), _pick(x)))
             elif x != _STAR and y != _STAR:
                 both = _intersect(x, y)
                 if both:
-                    moves.append(((i + 1, j + 1), _pick(both), False))
-        for nxt, ch, free in moves:
+                    out.append(((i + 1, j + 1), _pick(both)))
+        return out
+
+    chars = _shortest_word((len(ta), len(tb)), moves)
+    if chars is None:
+        return None
+    word = "".join(chars)
+    if ta and tb and ta[0] == _STAR and tb[0] == _STAR and not word[:1].isalnum():
+        word = "x" + word          # `a.py` reads better than the hidden `.py`; both fit
+    return word
+
+
+def _shortest_word(goal: tuple[int, int], moves: Callable[[int, int], list]) -> list[str] | None:
+    """0-1 breadth-first search over pairs of positions (i, j) in two patterns, from (0, 0) to
+    `goal`. `moves(i, j)` gives (next pair, label) steps; a None label is a free move, explored
+    first. The labels along a path with the fewest labelled steps, or None when `goal` is out of
+    reach."""
+    start = (0, 0)
+    parent: dict[tuple[int, int], tuple[tuple[int, int], str | None] | None] = {start: None}
+    queue: deque[tuple[int, int]] = deque([start])
+    while queue:
+        state = queue.popleft()
+        if state == goal:
+            labels: list[str] = []
+            while parent[state] is not None:
+                state, label = parent[state]  # type: ignore[misc]
+                if label is not None:
+                    labels.append(label)
+            return labels[::-1]
+        for nxt, label in moves(*state):
             if nxt not in parent:
-                parent[nxt] = (state, ch)
-                (queue.appendleft if free else queue.append)(nxt)
+                parent[nxt] = (state, label)
+                (queue.appendleft if label is None else queue.append)(nxt)
     return None
 
 
 def glob_overlap(a: str, b: str) -> str | None:
     """A path matched by both globs (a witness for messages), or None when they cannot meet."""
     sa, sb = _segments(a), _segments(b)
-    start = (0, 0)
-    goal = (len(sa), len(sb))
-    parent: dict[tuple[int, int], tuple[tuple[int, int], str | None] | None] = {start: None}
-    queue: deque[tuple[int, int]] = deque([start])
-    while queue:
-        state = queue.popleft()
-        if state == goal:
-            segs: list[str] = []
-            while parent[state] is not None:
-                state, seg = parent[state]  # type: ignore[misc]
-                if seg is not None:
-                    segs.append(seg)
-            return "/".join(reversed(segs)) or "**"   # both cover the whole tree
-        i, j = state
+
+    def moves(i: int, j: int) -> list[tuple[tuple[int, int], str | None]]:
         x = sa[i] if i < len(sa) else None
         y = sb[j] if j < len(sb) else None
-        moves: list[tuple[tuple[int, int], str | None]] = []  # (next, segment consumed; None: free)
+        out: list[tuple[tuple[int, int], str | None]] = []  # (next, segment consumed; None: free)
         if x == _DSTAR:
-            moves.append(((i + 1, j), None))
+            out.append(((i + 1, j), None))
         if y == _DSTAR:
-            moves.append(((i, j + 1), None))
+            out.append(((i, j + 1), None))
         if x is not None and y is not None:
             seg: str | None = ""
             if x == _DSTAR and y != _DSTAR:
@@ -244,12 +246,13 @@ def glob_overlap(a: str, b: str) -> str | None:
             elif x != _DSTAR and y != _DSTAR:
                 seg, nxt = _segment_overlap(x, y), (i + 1, j + 1)
             if seg:                         # None: no name fits both (an unsatisfiable segment)
-                moves.append((nxt, seg))
-        for nxt, seg in moves:
-            if nxt not in parent:
-                parent[nxt] = (state, seg)
-                (queue.appendleft if seg is None else queue.append)(nxt)
-    return None
+                out.append((nxt, seg))
+        return out
+
+    segs = _shortest_word((len(sa), len(sb)), moves)
+    if segs is None:
+        return None
+    return "/".join(segs) or "**"   # both cover the whole tree
 
 
 @functools.lru_cache(maxsize=65536)
