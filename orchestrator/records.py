@@ -40,13 +40,11 @@ class StepRecord:
     definition_hash: str = ""
     kept: bool = False                   # succeeded in an earlier session of a resumed run
     start_is_estimate: bool = False      # started_at is the submit time, until the worker tells
-    _cached: tuple = field(default=(), repr=False, compare=False)   # ((), state dict)
-    _cached_json: tuple = field(default=(), repr=False, compare=False)   # (dict, '"id":{...}')
 
     def __init__(self, step_id: str, depends_on: tuple[str, ...], timeout_s: float,
                  description: str = "", definition_hash: str = ""):
         # straight into __dict__ (a run makes one per step at its start; the field setter below,
-        # which drops the cached state, is for changes)
+        # which reports the change, is for changes)
         self.__dict__.update(_FRESH, step_id=step_id, depends_on=depends_on, timeout_s=timeout_s,
                              description=description, definition_hash=definition_hash,
                              blocked_by=[], outputs={}, acceptance_tests=[])
@@ -77,37 +75,22 @@ class StepRecord:
             self.cpu_time_s = round((self.cpu_time_s or 0.0) + result.cpu_time_s, 4)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # any change of a field drops the cached state (fields are replaced, never changed in place)
+        # a change of a field is reported to the StateJson that writes this step (fields are
+        # replaced, never changed in place)
         d = self.__dict__
         d[name] = value
         if name[0] != "_":
-            if d.get("_cached"):
-                d["_cached"] = ()
-            changed = d.get("_changed")   # a StateJson's set of steps to encode again
+            changed = d.get("_changed")
             if changed is not None:
                 changed.add(d["step_id"])
 
-    def state_dict(self) -> dict[str, Any]:
-        """The step as state.json shows it; rebuilt only when a field changed (the live state of a
-        1000-step run is written several times a second)."""
-        if self._cached:
-            return self._cached[1]
-        d = self._build_state_dict()
-        self.__dict__["_cached"] = ((), d)
-        return d
-
     def state_entry(self, secrets: tuple[str, ...]) -> str:
-        """`"<id>":{...}`, this step's part of the compact state.json (secrets masked), encoded
-        again only when the step changed: a flush of a 1000-step state is then a join."""
-        d = self.state_dict()
-        if self._cached_json and self._cached_json[0] is d:
-            return self._cached_json[1]
-        text = (json.dumps(mask(self.step_id, secrets)) + ":"
-                + json.dumps(mask_obj(d, secrets), separators=(",", ":"), default=str))
-        self._cached_json = (d, text)
-        return text
+        """`"<id>":{...}`, this step's part of the compact state.json (secrets masked)."""
+        return (json.dumps(mask(self.step_id, secrets)) + ":"
+                + json.dumps(mask_obj(self.state_dict(), secrets), separators=(",", ":"), default=str))
 
-    def _build_state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any]:
+        """The step as state.json shows it."""
         return {
             "status": self.status.value, "depends_on": list(self.depends_on), "attempt": self.attempts,
             "started_at": iso(self.started_at) if self.started_at else None,
