@@ -635,14 +635,21 @@ class Dispatcher:
         now = self.clock()
         if not force and (not self._dirty or now - self._last_flush < STATE_FLUSH_INTERVAL):
             return
-        for sid, rec in self.records.items():
-            if rec.status in (StepStatus.BLOCKED,):
-                rec.blocked_by = list(self.sched.state[sid].blocked_by)
+        self._refresh_blocked()
         # the first write is the loop's own (nothing runs yet; the writer thread starts after the
         # pool has forked what it forks), later ones go to the store's writer thread
         self.store.write_json_text("state.json", self._state_json("running"), background=not force)
         self._dirty = False
         self._last_flush = now
+
+    def _refresh_blocked(self) -> None:
+        """A blocked step's `blocked_by` grows when more of its dependencies fail; set only when it
+        did (a set field has its state encoded again)."""
+        for sid, rec in self.records.items():
+            if rec.status is StepStatus.BLOCKED:
+                now = list(self.sched.state[sid].blocked_by)
+                if now != rec.blocked_by:
+                    rec.blocked_by = now
 
     def _final_status(self) -> str:
         if self.interrupted:
@@ -653,9 +660,7 @@ class Dispatcher:
     def _finish(self) -> RunOutcome:
         finished = self.wall()
         status = self._final_status()
-        for sid, rec in self.records.items():
-            if rec.status is StepStatus.BLOCKED:
-                rec.blocked_by = list(self.sched.state[sid].blocked_by)
+        self._refresh_blocked()
         summary = self._write_results(status, finished)
         observed = {sid: rec.duration_s for sid, rec in self.records.items()
                     if rec.status is StepStatus.SUCCEEDED and not rec.kept and rec.attempts == 1
