@@ -234,14 +234,11 @@ class RunStore:
             self._log = None
         self.release_lock()
 
-    def write_json(self, name: str, obj: Any, *, fsync: bool = True, pretty: bool = True) -> Path:
-        """Replace a JSON file atomically. `pretty=False` for the often rewritten live state: the
-        compact form is encoded by json's C encoder, several times faster than the indented one."""
+    def write_json(self, name: str, obj: Any) -> Path:
+        """Replace a JSON file atomically, readable (`readable_json`), secrets masked."""
         assert self.run_dir is not None
         path = self.run_dir / name
-        obj = mask_obj(obj, self.secrets)
-        text = readable_json(obj) if pretty else json.dumps(obj, separators=(",", ":"), default=str)
-        atomic_write(path, text + "\n", fsync=fsync)
+        atomic_write(path, readable_json(mask_obj(obj, self.secrets)) + "\n")
         return path
 
     def write_json_text(self, name: str, text: str, *, background: bool = False) -> Path:
