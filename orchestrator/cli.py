@@ -145,9 +145,6 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
         return
     from .console import make_reporter
     from .dispatcher import Dispatcher, RunOptions
-    from .procs import become_subreaper
-    # orphans of a pool worker killed from outside come to us, so the dispatcher can end them
-    become_subreaper()
     opts = RunOptions(project_root=_project_root(), worktrees=_worktrees(worktrees_dir),
                       max_workers=max_workers, on_failure=policy, on_conflict=on_conflict, grace=grace,
                       resume=resume, force=force, executor=chosen_executor,

@@ -231,6 +231,9 @@ class Dispatcher:
         self._wake_w = wake_w
         self._loop_thread = threading.get_ident()
         old_handlers = self._install_signals(wake_w)
+        # what a step leaves behind (inline pool), or a pool worker killed from outside, re-parents
+        # to us, not to init, so that we can end it
+        procs.become_subreaper()
         self.pool = self.pool_factory(self.workers, prog_w, self)
         run_deadline = self.t0 + self.ws.execution.run_timeout if self.ws.execution.run_timeout else None
         partial = b""

@@ -289,7 +289,6 @@ class InlinePool:
         self._cwd = os.getcwd()
         self.hwm = own_hwm()
         self.broken = False
-        procs.become_subreaper()   # what a step leaves behind re-parents to us, not to init
         self.guardian = _start_guardian(run_id) if run_id else None
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
 
