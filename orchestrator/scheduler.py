@@ -24,12 +24,14 @@ the remaining steps of a tool after N consecutive failed steps of it. `stop()` i
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-import random
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .model import OnFailure, StepStatus, Workstream
 from .ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    import random
 
 _FAILED = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 
@@ -78,7 +80,8 @@ class Scheduler:
         self.circuit_threshold = ex.circuit_breaker_threshold
         interval = ex.min_start_interval if min_start_interval is None else min_start_interval
         self.bucket = TokenBucket(interval)
-        self.rng = rng or random.Random(0)
+        self._rng = rng                 # the retry jitter's; made on the first retry (`random` is
+                                        # 2 ms of start-up that most runs never use)
         self.steps = {s.id: s for s in ws.steps}
         self.state: dict[str, StepState] = {s.id: StepState() for s in ws.steps}
         self.dependents: dict[str, list[str]] = {s.id: [] for s in ws.steps}
@@ -126,6 +129,12 @@ class Scheduler:
         ready = [(self._key[sid], sid) for sid, n in self.unmet.items() if n == 0 and sid not in kept]
         heapify(ready)
         self._heap: list[tuple[tuple, str]] = ready
+
+    def _jitter_rng(self) -> random.Random:
+        if self._rng is None:
+            import random
+            self._rng = random.Random(0)
+        return self._rng
 
     # --- queries -----------------------------------------------------------------------------------
     def status(self, step_id: str) -> StepStatus:
@@ -236,7 +245,7 @@ class Scheduler:
         out = Outcome()
         if status in _FAILED and st.attempts <= step.retries and not self.stopping:
             base = step.retry_delay if retry_delay is None else retry_delay
-            delay = base * (2 ** (st.attempts - 1)) * (1.0 + 0.1 * self.rng.random())
+            delay = base * (2 ** (st.attempts - 1)) * (1.0 + 0.1 * self._jitter_rng().random())
             st.status = StepStatus.PENDING
             st.not_before = now + delay
             heappush(self._heap, (self._key[sid], sid))
