@@ -149,6 +149,18 @@ class LevelBarrier(Engine):
                         "-j", str(self.wl.workers)], self.dir)
 
 
+class PythonFloor(Engine):
+    """bench/floor.py: a bare Python ready-queue loop that spawns and reaps and records nothing."""
+    name = "python floor"
+
+    def prepare(self):
+        W.write(self.dir / "ws.json", W.workstream(self.wl, "floor"))
+
+    def run(self, rep):
+        return measure([sys.executable, str(BENCH_DIR / "floor.py"), "ws.json",
+                        "-j", str(self.wl.workers)], self.dir)
+
+
 class Orchestrator(Engine):
     """`orchestrator run FILE -q` in a fresh worktrees dir. `hints`: steps carry estimated_duration.
     `twice`: run twice in the same worktrees dir (the second run has the first one's history); the

@@ -131,7 +131,7 @@ class Bench:
     def simple(self, name: str, wl: W.Workload, *, goal: float | None = None,
                lower_bound: float | None = None) -> None:
         d = self.workdir(name)
-        engines = [E.Orchestrator(wl, d), *self.peers(wl, d, parallel=True)]
+        engines = [E.Orchestrator(wl, d), *self.peers(wl, d, parallel=True), E.PythonFloor(wl, d)]
         res = self.alternate(name, engines, warmup=lower_bound is None)
         make_w = med(s.wall_s for s in res.get("make", []))
         headers = ["engine", "wall s", "min", "max", "× make"]
@@ -155,15 +155,21 @@ class Bench:
                  f"`{wl.jobs[0].cmd}`. *steps span*: first step start to last step end, from the "
                  f"orchestrator's results_summary.json; *outside steps*: wall minus span (interpreter "
                  f"start, loading, pool start-up, writing the run directory)."]
+        notes.append("*python floor*: `bench/floor.py`, a bare Python ready-queue loop that spawns each "
+                     "command as the orchestrator does (`posix_spawn`, exit seen through a pidfd) and "
+                     "records nothing: no logs, state, summary or report. What any dispatcher written "
+                     "in Python pays per step before its bookkeeping.")
         if lower_bound:
             notes.append(f"LB = total work / workers = {lower_bound:.3f} s.")
         self.sections.append(Section(f"{name}", headers, rows, notes))
         orch = med(s.wall_s for s in res["orchestrator"])
+        floor = med(s.wall_s for s in res["python floor"])
         if goal is not None:
             ratio = orch / make_w if make_w else None
             self.target(Target(f"{name}: orchestrator wall vs make -j{wl.workers}",
                                f"≤ {goal:g}× make", f"{fmt(ratio, 2, '×')} "
-                               f"({fmt(orch)} s vs {fmt(make_w)} s)",
+                               f"({fmt(orch)} s vs {fmt(make_w)} s; python floor "
+                               f"{fmt(floor / make_w if make_w else None, 2, '×')})",
                                None if ratio is None else ratio <= goal),
                         res["orchestrator"], res.get("make", []))
 
@@ -390,17 +396,18 @@ METHOD = [
     "engines alternate and the load average is shown above; compare ratios of one run, not walls "
     "across runs.",
     "orchestrator: `.venv/bin/orchestrator run ws.json -q --worktrees-dir <fresh dir>` from the project "
-    "directory; steps run `/bin/sh -c CMD` as the spec says.",
+    "directory. Like make, it execs a command of plain words directly (`true`, `sleep 0.1`) and "
+    "gives anything with shell syntax to `/bin/sh -c`.",
     "make: generated Makefile, one `.PHONY` target per step, dependencies as prerequisites, recipe "
-    "`@CMD`, goal `all` listing the steps in file order; `make -j N -f Makefile`. make runs a recipe "
-    "without a shell when it has no shell metacharacters (`true`, `sleep 0.1`), which saves a "
-    "fork/exec per step.",
+    "`@CMD`, goal `all` listing the steps in file order; `make -j N -f Makefile`.",
     "ninja: generated build.ninja, `build <step>: run <deps>` with `command = CMD`; the outputs are "
     "never written, so every build re-runs every edge (no stamps needed); `ninja -j N`.",
     "GNU parallel: `parallel --will-cite -j N -a jobs.txt`, one command a line (workloads without "
     "dependencies only).",
     "level-barrier: `bench/levelrun.py`, a thread pool of N that runs one topological level at a time "
     "and waits for all of it before the next.",
+    "python floor: `bench/floor.py`, the same spawning as the orchestrator's with no records at all "
+    "(trivial-1000, chain-200 and sleep-wide only).",
     "Within each repetition the engines run one after the other (A B C A B C ...); cheap workloads get "
     "one untimed warm-up run per engine first.",
 ]
