@@ -1,4 +1,4 @@
-"""The run loop: drives the scheduler, feeds the pool, keeps the records, handles signals.
+"""The run loop: drives the scheduler, feeds the pool, handles signals; `journal` keeps the records.
 
 One thread (the caller's) owns all bookkeeping. It sleeps in a single `select` on the pool's result
 descriptors (`pool.fds()`), a wake pipe (done-callbacks from executors with threads of their own, and
@@ -30,20 +30,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import graph, history, procs
-from .errors import UsageError, WorkerDied
+from .errors import WorkerDied
 from .interp import InterpolationError
 from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
-from .records import StateJson, StepRecord, summary_dict
-from .report import render_junit, render_report
+from .journal import RunJournal
+from .records import StepRecord
 from .scheduler import Scheduler
 from .specs import RunContext, build_spec
-from .store import RunStore, new_run_id
+from .store import RunStore
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-STATE_FLUSH_INTERVAL = 0.2
 BACKSTOP_MARGIN = 30.0   # beyond timeout + grace, a worker that has not answered is killed
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -109,22 +108,22 @@ class Dispatcher:
         if not ex.parallel and options.max_workers is None:
             self.workers = 1
         self.on_failure = options.on_failure or ex.on_failure
+        self.secrets = secret_values([os.environ, options.extra_env, *[s.env for s in ws.steps],
+                                      *[t.env for t in ws.tools.values()]])
         self.store = RunStore(options.worktrees, ws.id)
-        self.records: dict[str, StepRecord] = {}
+        self.journal = RunJournal(ws, self.store, self.secrets, self._execution_dict(), wall)
+        self.records = self.journal.records
         self.inflight: dict[str, tuple[int, Future]] = {}
         self.worker_pid: dict[str, int] = {}
         self.group_start: dict[str, float] = {}
         self.group_of = {sid: g for g in ws.step_groups for sid in g.steps}
         self._done: collections.deque = collections.deque()
         self._signals: list[int] = []
-        self._dirty = True
-        self._last_flush = 0.0
         self._cancel_at: float | None = None
         self._next_tick = 0.0
         self._exit_codes: dict[int, int | None] = {}
         self._submitted: dict[str, float] = {}   # clock time of the running attempt's submit
         self._backstop_due = float("inf")        # the earliest backstop of a running step
-        self._state_text: StateJson | None = None   # made once the records are complete
         # adaptive scaling: hold new starts while the machine is overloaded
         self.probe = load_probe
         if self.probe is None and ws.execution.adaptive_scaling:
@@ -132,54 +131,13 @@ class Dispatcher:
             self.probe = SystemLoadProbe()
         self._next_probe = 0.0
         self._holding: str | None = None
-        self.holds: list[dict[str, Any]] = []
         self.status = "running"
         self.interrupted = False
         self._outputs, self._return_values = _Outputs(self.records), _ReturnValues(self.records)
-        self.secrets = secret_values([os.environ, options.extra_env, *[s.env for s in ws.steps],
-                                      *[t.env for t in ws.tools.values()]])
 
     # --- set-up ------------------------------------------------------------------------------------
-    def _prepare(self) -> list[str]:
-        """Take the lock, open the run directory, restore a resumed run. Returns steps kept."""
-        ws, opt = self.ws, self.opt
-        self.store.secrets = self.secrets
-        resume_id = None
-        if opt.resume is not None and not opt.force:
-            resume_id = opt.resume or self.store.latest_run_id()
-            if not resume_id:
-                raise UsageError(f"nothing to resume: workstream {ws.id} has no earlier run")
-        run_id = resume_id or new_run_id(self.wall())
-        warning = self.store.acquire_lock(run_id)
-        self.run_id = run_id
-        self.run_dir = self.store.open_run(run_id, new=resume_id is None)
-        if warning:
-            self.reporter.message(f"warning: {warning}")
-            self.store.log(f"WARNING {warning}")
-        timeout_of = {s.id: s.timeout or ws.execution.timeout_per_step for s in ws.steps}
-        for s in ws.steps:
-            self.records[s.id] = StepRecord(s.id, s.depends_on, timeout_of[s.id], s.description,
-                                            definition_hash=s.definition_hash())
-        kept: list[str] = []
-        self.started_at = self.wall()
-        if resume_id:
-            prev = self.store.read_state(resume_id) or {}
-            self.started_at = prev.get("started_epoch") or self.started_at
-            for sid, d in (prev.get("steps") or {}).items():
-                if sid not in self.records:
-                    continue
-                old = StepRecord.from_state(sid, d, timeout_of[sid])
-                rec = self.records[sid]
-                rec.attempts = old.attempts
-                if old.status is StepStatus.SUCCEEDED and old.definition_hash == rec.definition_hash:
-                    old.kept = True
-                    old.description = rec.description
-                    self.records[sid] = old
-                    kept.append(sid)
-            self.store.log(f"RESUME run={run_id} kept={len(kept)} rerun={len(ws.steps) - len(kept)}")
-        return kept
-
     def _execution_dict(self) -> dict[str, Any]:
+        """The run's effective settings (for RUN START, the state and the summary)."""
         d = self.ws.execution.to_dict()
         d.update(max_workers=self.workers, on_failure=self.on_failure.value,
                  parallel=self.ws.execution.parallel and self.workers > 1,
@@ -192,7 +150,8 @@ class Dispatcher:
 
     # --- the run -----------------------------------------------------------------------------------
     def run(self) -> RunOutcome:
-        kept = self._prepare()
+        kept = self.journal.open(self.opt.resume, self.opt.force, self.reporter.message)
+        self.run_id, self.run_dir = self.journal.run_id, self.journal.run_dir
         ws = self.ws
         try:
             prio = self.opt.priorities or history.priorities(ws, self.store.read_history(),
@@ -213,13 +172,13 @@ class Dispatcher:
                 extra_env=self.opt.extra_env, grace=self.opt.grace, secrets=self.secrets)
             self.t0 = self.clock()
             self.store.log(f"RUN START ws={ws.id} run={self.run_id} pid={os.getpid()} steps={len(ws.steps)} "
-                           f"settings={self._execution_dict()}")
+                           f"settings={self.journal.execution}")
             self.reporter.run_started(ws, self.run_id, self.run_dir, self.workers)
             self._flush(force=True)
             self._loop()
         except BaseException:
             self.status = "interrupted"
-            self._close_after_crash()
+            self.journal.close_after_crash(started=hasattr(self, "sched"))
             raise
         return self._finish()
 
@@ -292,8 +251,9 @@ class Dispatcher:
             times.append(wake)
         if run_deadline is not None and not self.sched.stopping:
             times.append(run_deadline)
-        if self._dirty:
-            times.append(self._last_flush + STATE_FLUSH_INTERVAL)
+        flush_at = self.journal.next_flush()
+        if flush_at is not None:
+            times.append(flush_at)
         if self._cancel_at is not None:
             times.append(now + 0.25)
         if self.reporter.tick_interval:
@@ -365,15 +325,15 @@ class Dispatcher:
         except Exception as e:  # noqa: BLE001 - a broken probe must not stop the run
             reason = None
             self._log_line(f"WARNING load probe failed: {e}")
-        offset = round(self.wall() - self.started_at, 4)
+        offset = round(self.wall() - self.journal.started_at, 4)
         if reason and not self._holding:
             self._holding = reason
-            self.holds.append({"start_offset_s": offset, "end_offset_s": None, "reason": reason})
+            self.journal.holds.append({"start_offset_s": offset, "end_offset_s": None, "reason": reason})
             self._log_line(f"HOLD new starts: machine overloaded ({reason})")
             self.reporter.message(f"holding new starts: machine overloaded ({reason})")
         elif not reason and self._holding:
             self._holding = None
-            self.holds[-1]["end_offset_s"] = offset
+            self.journal.holds[-1]["end_offset_s"] = offset
             self._log_line("RESUME starts: machine load is back to normal")
             self.reporter.message("resuming starts: machine load is back to normal")
 
@@ -413,7 +373,7 @@ class Dispatcher:
             rec.started_at, rec.start_is_estimate = self.wall(), True
         if spec.tasks:
             rec.task_index, rec.task_count = 1, len(spec.tasks)
-        self._dirty = True
+        self.journal.dirty = True
 
     def _on_done(self, sid: str, attempt: int, fut: Future) -> None:
         """Hand the result to the loop. In an executor's thread it must also wake the loop; a pool
@@ -466,11 +426,11 @@ class Dispatcher:
                 rec.worker = f"local:{ev[3]}"
                 if (rec.started_at is None or rec.start_is_estimate) and len(ev) > 4:
                     rec.started_at, rec.start_is_estimate = ev[4], False
-                self._dirty = True
+                self.journal.dirty = True
             elif kind == "task":
                 self.records[sid].task_index, self.records[sid].task_count = ev[2], ev[3]
                 self.reporter.step_progress(sid, ev[2], ev[3])
-                self._dirty = True
+                self.journal.dirty = True
         return partial
 
     def _collect(self, now: float) -> None:
@@ -571,7 +531,7 @@ class Dispatcher:
                            f"duration={result.duration_s:.3f}s{detail}")
             self.reporter.step_finished(rec, self._terminal_count(), len(self.records))
         self._apply(outcome)
-        self._dirty = True
+        self.journal.dirty = True
 
     def _terminal_count(self) -> int:
         """Steps in a final state: from the scheduler's counts, kept current as steps end."""
@@ -589,7 +549,7 @@ class Dispatcher:
             self._cancel(sid)
             if self._cancel_at is None:
                 self._cancel_at = self.clock()
-        self._dirty = True
+        self.journal.dirty = True
 
     def _backstop(self, now: float) -> None:
         """Workers enforce timeouts; this catches a worker that stopped answering."""
@@ -625,90 +585,15 @@ class Dispatcher:
     def _log_line(self, line: str) -> None:
         self.store.log(line)
 
-    def _state_json(self, status: str, finished: float | None = None) -> str:
-        """`_state` as compact JSON, secrets masked, from each step's cached encoding."""
-        if self._state_text is None:
-            self._state_text = StateJson(self.records, self.secrets)
-        return self._state_text.text(ws=self.ws, run_id=self.run_id, status=status,
-                                     pid=os.getpid(), started_at=self.started_at,
-                                     updated_at=self.wall(), finished_at=finished,
-                                     execution=self._execution_dict())
-
     def _flush(self, force: bool = False) -> None:
-        now = self.clock()
-        if not force and (not self._dirty or now - self._last_flush < STATE_FLUSH_INTERVAL):
-            return
-        self._refresh_blocked()
-        # the first write is the loop's own (nothing runs yet; the writer thread starts after the
-        # pool has forked what it forks), later ones go to the store's writer thread
-        self.store.write_json_text("state.json", self._state_json("running"), background=not force)
-        self._dirty = False
-        self._last_flush = now
-
-    def _refresh_blocked(self) -> None:
-        """A blocked step's `blocked_by` grows when more of its dependencies fail; set only when it
-        did (a set field has its state encoded again)."""
-        for sid, rec in self.records.items():
-            if rec.status is StepStatus.BLOCKED:
-                now = list(self.sched.state[sid].blocked_by)
-                if now != rec.blocked_by:
-                    rec.blocked_by = now
-
-    def _final_status(self) -> str:
-        if self.interrupted:
-            return "interrupted"
-        ok = all(r.status is StepStatus.SUCCEEDED for r in self.records.values())
-        return "succeeded" if ok else "failed"
+        self.journal.flush(self.clock(), self.sched, force)
 
     def _finish(self) -> RunOutcome:
-        finished = self.wall()
-        status = self._final_status()
-        self._refresh_blocked()
-        summary = self._write_results(status, finished)
-        observed = {sid: rec.duration_s for sid, rec in self.records.items()
-                    if rec.status is StepStatus.SUCCEEDED and not rec.kept and rec.attempts == 1
-                    and rec.duration_s is not None}
-        try:
-            self.store.write_history(history.updated(self.store.read_history(), self.ws, observed))
-        except OSError as e:  # history is a hint: a run never fails for it
-            self._log_line(f"WARNING could not write history.json: {e}")
-        c = summary["summary"]
-        self._log_line(f"RUN END ws={self.ws.id} run={self.run_id} status={status} "
-                       f"succeeded={c['succeeded']} failed={c['failed']} timed_out={c['timed_out']} "
-                       f"blocked={c['blocked']} skipped={c['skipped']} cancelled={c['cancelled']} "
-                       f"pending={c['pending']} wall={c['wall_time_s']}s")
-        self.store.close()
+        status = self.journal.final_status(self.interrupted)
+        summary = self.journal.finish(status, self.sched)
         self.reporter.run_finished(summary, self.run_dir)
         code = {"succeeded": EXIT_OK, "interrupted": EXIT_INTERRUPTED}.get(status, EXIT_FAILED)
         return RunOutcome(code, self.run_id, self.run_dir, summary)
-
-    def _write_results(self, status: str, finished: float) -> dict[str, Any]:
-        self.store.write_json_text("state.json", self._state_json(status, finished))
-        log_files = {sid: f"steps/{sid}.log" for sid in self.records}
-        summary = summary_dict(ws=self.ws, run_id=self.run_id, status=status,
-                               started_at=self.started_at, finished_at=finished,
-                               execution=self._execution_dict(), records=self.records,
-                               log_file=log_files)
-        if self.holds:
-            summary["adaptive_holds"] = self.holds
-        self.store.write_json("results_summary.json", summary)
-        tails = {s["id"]: self.store.log_tail(s["id"])
-                 for s in summary["steps"] if s["status"] not in ("succeeded", "pending", "blocked", "skipped")}
-        self.store.write_text("execution_report.md", render_report(summary, log_tails=tails))
-        self.store.write_text("junit.xml", render_junit(summary))
-        return summary
-
-    def _close_after_crash(self) -> None:
-        """An unexpected error in the loop itself: still leave a readable state and a summary."""
-        try:
-            for rec in self.records.values():
-                if rec.status is StepStatus.RUNNING:
-                    rec.status = StepStatus.CANCELLED
-                    rec.error = rec.error or "cancelled: the orchestrator stopped unexpectedly"
-            if getattr(self, "run_dir", None) is not None and hasattr(self, "sched"):
-                self._write_results("interrupted", self.wall())
-        finally:
-            self.store.close()
 
 
 def _futures():

@@ -227,7 +227,7 @@ class _Attempt:
         n = len(self.spec.tasks)
         return self.spec.tasks[i] if i < n else self.spec.acceptance_tests[i - n]
 
-    def _judge(self, task: Task, ran: _Ran, took: float, mark: int) -> None:
+    def _judge(self, task: Task, ran: Ran, took: float, mark: int) -> None:
         i = self.index - 1
         n = len(self.spec.tasks)
         cancelled = self.stop == "cancelled"

@@ -1,0 +1,179 @@
+"""The run's own record while it goes: a record per step, the live state, and the files left at the end.
+
+`RunJournal` is the dispatcher's bookkeeping, kept in the dispatcher's thread and written through the
+store (the one module that owns the run directory):
+
+    open()               lock, run id, run directory; on `--resume`, steps that succeeded with an
+                         unchanged definition are kept (their records come back from the old state)
+    log(line)            a line of orchestrator.log
+    dirty, flush()       state.json, coalesced: at most every STATE_FLUSH_INTERVAL and only after a
+                         change; only the steps that changed are encoded again (`StateJson`)
+    finish(status)       the final state.json, results_summary.json, the markdown report, junit.xml,
+                         the duration history and the RUN END line
+    close_after_crash()  what is known so far, when the loop itself failed
+
+`execution` is the run's effective settings (the file's, with the command line's overrides), fixed for
+the run: it goes into RUN START, state.json and the summary.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import history
+from .errors import UsageError
+from .model import StepStatus, Workstream
+from .records import StateJson, StepRecord, summary_dict
+from .report import render_junit, render_report
+from .store import RunStore, new_run_id
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .scheduler import Scheduler
+
+STATE_FLUSH_INTERVAL = 0.2
+
+
+class RunJournal:
+    def __init__(self, ws: Workstream, store: RunStore, secrets: tuple[str, ...],
+                 execution: dict[str, Any], wall: Callable[[], float]):
+        self.ws, self.store, self.secrets, self.execution, self.wall = ws, store, secrets, execution, wall
+        store.secrets = secrets
+        self.records: dict[str, StepRecord] = {}
+        self.holds: list[dict[str, Any]] = []   # adaptive scaling: when new starts were held, and why
+        self.run_id: str | None = None
+        self.run_dir: Path | None = None
+        self.started_at = wall()
+        self.dirty = True
+        self._last_flush = 0.0
+        self._state_text: StateJson | None = None   # made once the records are complete
+
+    def open(self, resume: str | None, force: bool, warn: Callable[[str], None]) -> list[str]:
+        """Take the lock, open the run directory, restore a resumed run. Returns the steps kept."""
+        ws, store = self.ws, self.store
+        resume_id = None
+        if resume is not None and not force:
+            resume_id = resume or store.latest_run_id()
+            if not resume_id:
+                raise UsageError(f"nothing to resume: workstream {ws.id} has no earlier run")
+        run_id = resume_id or new_run_id(self.wall())
+        warning = store.acquire_lock(run_id)
+        self.run_id = run_id
+        self.run_dir = store.open_run(run_id, new=resume_id is None)
+        if warning:
+            warn(f"warning: {warning}")
+            store.log(f"WARNING {warning}")
+        timeout_of = {s.id: s.timeout or ws.execution.timeout_per_step for s in ws.steps}
+        for s in ws.steps:
+            self.records[s.id] = StepRecord(s.id, s.depends_on, timeout_of[s.id], s.description,
+                                            definition_hash=s.definition_hash())
+        kept: list[str] = []
+        self.started_at = self.wall()
+        if resume_id:
+            prev = store.read_state(resume_id) or {}
+            self.started_at = prev.get("started_epoch") or self.started_at
+            for sid, d in (prev.get("steps") or {}).items():
+                if sid not in self.records:
+                    continue
+                old = StepRecord.from_state(sid, d, timeout_of[sid])
+                rec = self.records[sid]
+                rec.attempts = old.attempts
+                if old.status is StepStatus.SUCCEEDED and old.definition_hash == rec.definition_hash:
+                    old.kept = True
+                    old.description = rec.description
+                    self.records[sid] = old
+                    kept.append(sid)
+            store.log(f"RESUME run={run_id} kept={len(kept)} rerun={len(ws.steps) - len(kept)}")
+        return kept
+
+    def log(self, line: str) -> None:
+        self.store.log(line)
+
+    # --- the live state ----------------------------------------------------------------------------
+    def next_flush(self) -> float | None:
+        """When a flush is due (clock time), or None while nothing changed."""
+        return self._last_flush + STATE_FLUSH_INTERVAL if self.dirty else None
+
+    def flush(self, now: float, sched: Scheduler, force: bool = False) -> None:
+        if not force and (not self.dirty or now - self._last_flush < STATE_FLUSH_INTERVAL):
+            return
+        self.refresh_blocked(sched)
+        # the first write is the loop's own (nothing runs yet; the writer thread starts after the
+        # pool has forked what it forks), later ones go to the store's writer thread
+        self.store.write_json_text("state.json", self.state_json("running"), background=not force)
+        self.dirty = False
+        self._last_flush = now
+
+    def state_json(self, status: str, finished: float | None = None) -> str:
+        """The state as compact JSON, secrets masked, from each step's cached encoding."""
+        if self._state_text is None:
+            self._state_text = StateJson(self.records, self.secrets)
+        return self._state_text.text(ws=self.ws, run_id=self.run_id, status=status,
+                                     pid=os.getpid(), started_at=self.started_at,
+                                     updated_at=self.wall(), finished_at=finished,
+                                     execution=self.execution)
+
+    def refresh_blocked(self, sched: Scheduler) -> None:
+        """A blocked step's `blocked_by` grows when more of its dependencies fail; set only when it
+        did (a set field has its state encoded again)."""
+        for sid, rec in self.records.items():
+            if rec.status is StepStatus.BLOCKED:
+                now = list(sched.state[sid].blocked_by)
+                if now != rec.blocked_by:
+                    rec.blocked_by = now
+
+    # --- the end -----------------------------------------------------------------------------------
+    def final_status(self, interrupted: bool) -> str:
+        if interrupted:
+            return "interrupted"
+        ok = all(r.status is StepStatus.SUCCEEDED for r in self.records.values())
+        return "succeeded" if ok else "failed"
+
+    def finish(self, status: str, sched: Scheduler) -> dict[str, Any]:
+        """Write every file a finished run leaves, the RUN END line, and release the lock."""
+        finished = self.wall()
+        self.refresh_blocked(sched)
+        summary = self.write_results(status, finished)
+        observed = {sid: rec.duration_s for sid, rec in self.records.items()
+                    if rec.status is StepStatus.SUCCEEDED and not rec.kept and rec.attempts == 1
+                    and rec.duration_s is not None}
+        try:
+            self.store.write_history(history.updated(self.store.read_history(), self.ws, observed))
+        except OSError as e:  # history is a hint: a run never fails for it
+            self.log(f"WARNING could not write history.json: {e}")
+        c = summary["summary"]
+        self.log(f"RUN END ws={self.ws.id} run={self.run_id} status={status} "
+                 f"succeeded={c['succeeded']} failed={c['failed']} timed_out={c['timed_out']} "
+                 f"blocked={c['blocked']} skipped={c['skipped']} cancelled={c['cancelled']} "
+                 f"pending={c['pending']} wall={c['wall_time_s']}s")
+        self.store.close()
+        return summary
+
+    def write_results(self, status: str, finished: float) -> dict[str, Any]:
+        self.store.write_json_text("state.json", self.state_json(status, finished))
+        log_files = {sid: f"steps/{sid}.log" for sid in self.records}
+        summary = summary_dict(ws=self.ws, run_id=self.run_id, status=status,
+                               started_at=self.started_at, finished_at=finished,
+                               execution=self.execution, records=self.records, log_file=log_files)
+        if self.holds:
+            summary["adaptive_holds"] = self.holds
+        self.store.write_json("results_summary.json", summary)
+        tails = {s["id"]: self.store.log_tail(s["id"]) for s in summary["steps"]
+                 if s["status"] not in ("succeeded", "pending", "blocked", "skipped")}
+        self.store.write_text("execution_report.md", render_report(summary, log_tails=tails))
+        self.store.write_text("junit.xml", render_junit(summary))
+        return summary
+
+    def close_after_crash(self, started: bool) -> None:
+        """An unexpected error in the loop itself: still leave a readable state and a summary
+        (`started`: the run got as far as its scheduler)."""
+        try:
+            for rec in self.records.values():
+                if rec.status is StepStatus.RUNNING:
+                    rec.status = StepStatus.CANCELLED
+                    rec.error = rec.error or "cancelled: the orchestrator stopped unexpectedly"
+            if self.run_dir is not None and started:
+                self.write_results("interrupted", self.wall())
+        finally:
+            self.store.close()
