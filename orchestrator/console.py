@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, TextIO
 from .dispatcher import Reporter
 from .model import StepStatus, Workstream
 from .records import StepRecord
-from .report import SYMBOLS, human_duration, plain_line, progress_line
+from .fmt import SYMBOLS, human_duration, plain_line, progress_line
 
 PROGRESS_EVERY = 1.0          # least time between two `Progress:` lines (the last one always prints)
 TICK_INTERVAL = 0.25          # how often the dispatcher calls `tick` when we need it (4 a second)

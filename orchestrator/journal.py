@@ -24,7 +24,8 @@ from . import history
 from .errors import UsageError
 from .model import StepStatus, Workstream
 from .records import StateJson, StepRecord, summary_dict
-from .report import render_junit, render_report
+from .junit import render_junit
+from .report import render_report
 from .store import RunStore, new_run_id
 
 if TYPE_CHECKING:

@@ -32,7 +32,7 @@ from rich.text import Text
 from .console import _ANSI, TICK_INTERVAL, PlainReporter
 from .model import StepStatus, Workstream
 from .records import StepRecord
-from .report import SYMBOLS, human_duration
+from .fmt import SYMBOLS, human_duration
 
 STYLES = {
     "succeeded": "green", "failed": "bold red", "timed_out": "red", "cancelled": "yellow",

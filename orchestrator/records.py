@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 from .masking import mask, mask_obj
 from .model import StepResult, StepStatus, Workstream
-from .report import iso, max_concurrency
+from .analysis import max_concurrency
+from .fmt import iso
 
 
 @dataclass(init=False)

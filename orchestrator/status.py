@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import RunNotFoundError
 from .procs import pid_alive
-from .report import human_duration, parse_iso
+from .fmt import human_duration, parse_iso
 from .status_view import render_status
 from .store import latest_run_id, list_workstreams, read_json
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import timezone
 from typing import Any
 
-from orchestrator.report import human_duration, parse_iso, progress_line
+from orchestrator.fmt import human_duration, parse_iso, progress_line
 
 __all__ = ["render_status", "render_plan"]
 
