@@ -149,7 +149,8 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
                       max_workers=max_workers, on_failure=policy, on_conflict=on_conflict, grace=grace,
                       resume=resume, force=force, executor=chosen_executor,
                       scheduler_address=scheduler or ws.execution.scheduler_address)
-    outcome = Dispatcher(ws, opts, pool_factory=pool_factory, reporter=make_reporter(quiet=quiet, verbose=verbose, stream=sys.stderr)).run()
+    reporter = make_reporter(quiet=quiet, verbose=verbose, stream=sys.stderr)
+    outcome = Dispatcher(ws, opts, pool_factory=pool_factory, reporter=reporter).run()
     sys.exit(outcome.exit_code)
 
 
