@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from . import drawing, graph as graphmod
+from . import drawing, scopes
 from .errors import OrchestratorError, UsageError
 from .model import OnFailure, Workstream
 
@@ -159,7 +159,7 @@ def _plan_text(ws: Workstream, max_workers: int | None, on_conflict: str,
     from .plan import build_plan
     from .status_view import render_plan
     from .store import RunStore
-    serialize = ([(c.step_a, c.step_b) for c in graphmod.scope_conflicts(ws)]
+    serialize = ([(c.step_a, c.step_b) for c in scopes.scope_conflicts(ws)]
                  if on_conflict == "serialize" else [])
     past = RunStore(_worktrees(worktrees_dir), ws.id).read_history()
     return render_plan(build_plan(ws, workers=max_workers or ws.execution.effective_workers,

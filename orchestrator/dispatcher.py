@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from . import graph, history, procs
+from . import history, procs, scopes
 from .errors import WorkerDied
 from .interp import InterpolationError
 from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
@@ -158,7 +158,7 @@ class Dispatcher:
                                                               self.workers)
             serialize = []
             if self.opt.on_conflict == "serialize":
-                serialize = [(c.step_a, c.step_b) for c in graph.scope_conflicts(ws)]
+                serialize = [(c.step_a, c.step_b) for c in scopes.scope_conflicts(ws)]
             self.sched = Scheduler(ws, max_workers=self.workers, on_failure=self.on_failure,
                                    priorities=prio, serialize=serialize, keep=kept,
                                    earlier_attempts={sid: r.attempts for sid, r in self.records.items()

@@ -9,7 +9,7 @@ no dot (`src`, `build/*`); a last segment with a dot (`*.py`, `util.py`) names f
 overlap when some path is matched by both; `glob_overlap` decides it exactly, and names such a
 path for messages, by searching the product of the two patterns' automata, first over path
 segments and then, for two single-segment globs, over characters (character classes are intervals
-of code points). `GlobNFA` reads one path segment at a time, so `graph.scope_conflicts` can walk a
+of code points). `GlobNFA` reads one path segment at a time, so `scopes.scope_conflicts` can walk a
 trie of literal paths and stop where a glob's state dies; `is_literal` and `literal_prefix` tell it
 which patterns need no automaton and where a glob's matches can start. Pure functions, cached.
 """

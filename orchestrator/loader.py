@@ -27,7 +27,7 @@ from operator import methodcaller
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from . import graph
+from . import graph, scopes
 from .document import MAX_ERRORS, Doc, Issue, did_you_mean, read_json, show
 from .errors import ValidationError
 from .interp import interpolate_execution, task_references
@@ -149,7 +149,7 @@ def _parse(doc: Doc, project_root: Path, expected_id: str | None, environ: Mappi
         tools={name: Tool(name=name, command=tuple(t["command"]), env=dict(t.get("env", {})))
                for name, t in data.get("tools", {}).items()})
     if on_conflict == "error":
-        conflicts = graph.scope_conflicts(ws)
+        conflicts = scopes.scope_conflicts(ws)
         doc.check([Issue(c.describe(), ("steps", index[c.step_b], "files_scope"),
                          "add a depends_on between them, or run with --on-conflict serialize")
                    for c in conflicts])
