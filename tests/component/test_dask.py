@@ -374,8 +374,8 @@ def spawned_workers() -> list[int]:
 
 
 def test_the_remote_runner_never_raises():
-    from orchestrator.dask_pool import _remote_run
-    result, log = _remote_run(b"not a pickled spec", {"all": "a", "now": "n", "step": "s-", "started": ""})
+    from orchestrator.dask_worker import run_remote
+    result, log = run_remote(b"not a pickled spec", {"all": "a", "now": "n", "step": "s-", "started": ""})
     assert result.status.value == "failed"
     assert result.error.startswith("internal error on the Dask worker: UnpicklingError")
     assert log == b""
