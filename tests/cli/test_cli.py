@@ -323,6 +323,22 @@ def test_python_m_orchestrator_validate(make_workstream, project):
     assert "Traceback" not in proc.stderr and "nope" in proc.stderr
 
 
+def test_a_process_that_skips_the_teardown_still_delivers_all_its_output(make_workstream, project):
+    # the entry point ends the process with os._exit (cli._exit_now): through a pipe, a large output
+    # must still arrive whole, byte for byte what the in-process command prints, and every exit code
+    # must be the command's own
+    steps = [{"id": f"s{i:03d}", "depends_on": [f"s{i - 1:03d}"] if i else []} for i in range(400)]
+    path = make_workstream(steps)
+    proc = run_module(project, "graph", str(path))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == invoke("graph", str(path)).stdout
+    assert len(proc.stdout) > 8192                       # more than one pipe buffer's worth
+    proc = run_module(project, "run", str(path), "--dry-run")
+    assert proc.returncode == 0 and proc.stdout.count("s399") >= 1, proc.stderr
+    proc = run_module(project, "validate", str(project / "nope.json"))
+    assert proc.returncode == 2 and "nope.json" in proc.stderr
+
+
 @pytest.mark.parametrize("case, code", [("good", 0), ("failing", 1), ("bad-input", 2), ("missing", 2)])
 def test_run_workstream_script_exit_codes(make_workstream, project, case, code):
     if case == "good":
