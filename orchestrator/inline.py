@@ -16,14 +16,14 @@ go to a `WorkerPool` made on first use.
 
 Nothing is leaked: the orchestrator is a child subreaper, so what a step leaves behind re-parents to
 it; within `ORPHAN_SWEEP` of a step's end such orphans are found by the `ORCHESTRATOR_STEP_ID` in
-their environment and ended (what still holds the step's output is ended at once, see `kill`). A guardian process forked at start (`_guardian`) gets a signal when the
-orchestrator dies, even by SIGKILL, and ends every process that carries this run's id.
+their environment and ended (what still holds the step's output is ended at once, see `kill`). A
+guardian process forked at start (`procs.start_guardian`) gets a signal when the orchestrator dies,
+even by SIGKILL, and ends every process that carries this run's id.
 """
 from __future__ import annotations
 
 import json
 import os
-import signal
 import threading
 import time
 from typing import Any, Callable
@@ -33,7 +33,6 @@ from .model import StepResult, StepSpec, StepStatus, Task, TestResult
 from .attempt import (RSS_SAMPLE_EVERY, LogSink, Ran, Verdict, base_env, build_result, judge_task,
                       judge_test, keep_log, note_spawn_error, own_hwm)
 
-KILL_SWEEP = 0.5     # the guardian's grace between SIGTERM and SIGKILL
 ORPHAN_SWEEP = 0.05  # how soon after a step's end what it left behind is found and ended
 
 
@@ -289,7 +288,7 @@ class InlinePool:
         self._cwd = os.getcwd()
         self.hwm = own_hwm()
         self.broken = False
-        self.guardian = _start_guardian(run_id) if run_id else None
+        self.guardian = procs.start_guardian(run_id) if run_id else None
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
 
     # --- the pool face ------------------------------------------------------------------------------
@@ -383,7 +382,7 @@ class InlinePool:
         if self._py is not None:
             self._py.shutdown(kill=kill)
         self.end_orphans(final=True)
-        _stop_guardian(self.guardian)
+        procs.stop_guardian(self.guardian)
         self.guardian = None
 
     # --- for the attempts ---------------------------------------------------------------------------
@@ -484,45 +483,3 @@ class InlinePool:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-
-
-# --- the guardian -----------------------------------------------------------------------------------
-
-def _start_guardian(run_id: str) -> int | None:
-    """Fork a process that waits for the orchestrator's death (PR_SET_PDEATHSIG), then ends every
-    process whose environment carries this run's ORCHESTRATOR_RUN_ID. Stopped with SIGTERM."""
-    parent = os.getpid()
-    # blocked before the fork, so that a SIGTERM sent at once waits for sigwait (an inherited
-    # Python handler would swallow it and leave the guardian waiting forever)
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
-    try:
-        pid = os.fork()
-    except OSError:
-        return None
-    finally:
-        if os.getpid() == parent:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-    if pid:
-        return pid
-    code = 0
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        procs.die_with_parent(signal.SIGUSR1)
-        sig = signal.SIGUSR1 if os.getppid() != parent else signal.sigwait(
-            {signal.SIGUSR1, signal.SIGTERM})
-        if sig == signal.SIGUSR1:
-            procs.kill_marked(run_id, grace=KILL_SWEEP)
-    except BaseException:  # noqa: BLE001 - the guardian exits quietly
-        code = 1
-    finally:
-        os._exit(code)
-
-
-def _stop_guardian(pid: int | None) -> None:
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-    except OSError:
-        pass

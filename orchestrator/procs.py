@@ -4,7 +4,9 @@ A step runs as the leader of its own session, so `killpg` reaches the processes 
 group. Children that called `setsid` or double-forked leave the group; they are caught because every
 pool worker is a Linux child subreaper (`PR_SET_CHILD_SUBREAPER`): orphans re-parent to the worker
 instead of init, so "all descendants of this worker" is exactly "everything the step started". The
-descendant walk reads `/proc/<pid>/task/<tid>/children` (cheap) and falls back to psutil.
+descendant walk reads `/proc/<pid>/task/<tid>/children` (cheap) and falls back to psutil. A run's
+guardian (`start_guardian`) is a small forked process that outlives a SIGKILLed orchestrator just long
+enough to end every process carrying the run's ORCHESTRATOR_RUN_ID.
 """
 from __future__ import annotations
 
@@ -283,3 +285,48 @@ def kill_marked(run_id: str, grace: float) -> None:
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists and is not a zombie."""
     return _alive(pid)
+
+
+# --- the guardian of a run -------------------------------------------------------------------------
+
+GUARDIAN_GRACE = 0.5     # the guardian's grace between SIGTERM and SIGKILL
+
+
+def start_guardian(run_id: str) -> int | None:
+    """Fork a process that waits for the orchestrator's death (PR_SET_PDEATHSIG), then ends every
+    process whose environment carries this run's ORCHESTRATOR_RUN_ID. Stopped with SIGTERM."""
+    parent = os.getpid()
+    # blocked before the fork, so that a SIGTERM sent at once waits for sigwait (an inherited
+    # Python handler would swallow it and leave the guardian waiting forever)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    try:
+        pid = os.fork()
+    except OSError:
+        return None
+    finally:
+        if os.getpid() == parent:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    if pid:
+        return pid
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent(signal.SIGUSR1)
+        sig = signal.SIGUSR1 if os.getppid() != parent else signal.sigwait(
+            {signal.SIGUSR1, signal.SIGTERM})
+        if sig == signal.SIGUSR1:
+            kill_marked(run_id, grace=GUARDIAN_GRACE)
+    except BaseException:  # noqa: BLE001 - the guardian exits quietly
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def stop_guardian(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
