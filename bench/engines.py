@@ -138,27 +138,26 @@ class Parallel(Engine):
                        self.dir)
 
 
-class LevelBarrier(Engine):
-    name = "level-barrier"
+class _BenchScript(Engine):
+    """One of bench/'s own runners, given the workstream JSON and `-j workers`."""
+    script = "?"
 
     def prepare(self):
-        W.write(self.dir / "ws.json", W.workstream(self.wl, "levels"))
+        W.write(self.dir / "ws.json", W.workstream(self.wl, self.slug))
 
     def run(self, rep):
-        return measure([sys.executable, str(BENCH_DIR / "levelrun.py"), "ws.json",
+        return measure([sys.executable, str(BENCH_DIR / self.script), "ws.json",
                         "-j", str(self.wl.workers)], self.dir)
 
 
-class PythonFloor(Engine):
+class LevelBarrier(_BenchScript):
+    """bench/levelrun.py: one topological level at a time."""
+    name, script = "level-barrier", "levelrun.py"
+
+
+class PythonFloor(_BenchScript):
     """bench/floor.py: a bare Python ready-queue loop that spawns and reaps and records nothing."""
-    name = "python floor"
-
-    def prepare(self):
-        W.write(self.dir / "ws.json", W.workstream(self.wl, "floor"))
-
-    def run(self, rep):
-        return measure([sys.executable, str(BENCH_DIR / "floor.py"), "ws.json",
-                        "-j", str(self.wl.workers)], self.dir)
+    name, script = "python floor", "floor.py"
 
 
 class Orchestrator(Engine):
