@@ -15,9 +15,8 @@ from pathlib import Path
 
 import click
 
-from . import drawing, scopes
+from . import __version__, drawing, scopes
 from .errors import OrchestratorError, UsageError
-from . import __version__
 from .model import OnFailure, Workstream
 
 EXAMPLES = {

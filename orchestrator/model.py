@@ -294,4 +294,3 @@ class StepResult:
     @property
     def duration_s(self) -> float:
         return max(0.0, self.finished_at - self.started_at)
-
