@@ -8,9 +8,12 @@ that never started, kept steps of a resumed run, missing or non-numeric fields a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from .fmt import clean, number
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 BAD_RUN = ("failed", "timed_out", "cancelled")      # statuses that ran and ended badly
 

@@ -15,9 +15,12 @@ import os
 import resource
 import signal
 import time
-from typing import Any
 
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 RSS_SAMPLE_EVERY = 0.5
 

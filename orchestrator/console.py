@@ -19,12 +19,15 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
 
 from .dispatcher import Reporter
 from .model import StepStatus, Workstream
 from .records import StepRecord
 from .fmt import SYMBOLS, human_duration, plain_line, progress_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, TextIO
 
 PROGRESS_EVERY = 1.0          # least time between two `Progress:` lines (the last one always prints)
 TICK_INTERVAL = 0.25          # how often the dispatcher calls `tick` when we need it (4 a second)

@@ -29,7 +29,6 @@ spec as bytes, so the scheduler needs no `orchestrator` import and a worker gets
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import pickle
@@ -38,10 +37,14 @@ import time
 import uuid
 from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
 
 from .errors import UsageError
+from .frozen import replace
 from .model import StepResult, StepSpec, StepStatus
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 try:
     import dask
@@ -265,7 +268,7 @@ class DaskPool:
         try:
             _write_log(spec, data)
         except OSError as e:
-            result = dataclasses.replace(result, error=(result.error or "") + f" (log not written: {e})")
+            result = replace(result, error=(result.error or "") + f" (log not written: {e})")
         fut.release()
         if self.client is not None and self.names["started"]:
             started = distributed.Event(self.names["started"] + key, client=self.client)

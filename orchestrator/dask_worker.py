@@ -10,7 +10,6 @@ its worker died is failed at once: the step's `retries`, not Dask, decide about 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import pickle
 import select
@@ -20,6 +19,7 @@ import tempfile
 import threading
 import time
 
+from .frozen import replace
 from .model import StepResult, StepSpec, StepStatus
 
 try:
@@ -74,7 +74,7 @@ def _run_here(spec: StepSpec, names: dict[str, str], address: str) -> tuple[Step
     try:
         cancel_dir = os.path.join(tmp, "cancel")
         os.mkdir(cancel_dir, 0o700)
-        here = dataclasses.replace(spec, log_path=os.path.join(tmp, "step.log"),
+        here = replace(spec, log_path=os.path.join(tmp, "step.log"),
                                    output_path=os.path.join(tmp, "outputs"), cancel_dir=cancel_dir)
         result_path = os.path.join(tmp, "result.pickle")
         parent = os.getpid()
@@ -95,7 +95,7 @@ def _run_here(spec: StepSpec, names: dict[str, str], address: str) -> tuple[Step
                 data = f.read()
         except OSError:
             data = b""
-        return dataclasses.replace(result, worker=address), data
+        return replace(result, worker=address), data
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -25,12 +25,12 @@ import select
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from . import history, procs, scopes
 from .errors import WorkerDied
+from .frozen import factory, record
 from .interp import InterpolationError
 from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
@@ -40,14 +40,16 @@ from .scheduler import Scheduler
 from .specs import RunContext, build_spec
 from .store import RunStore
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Callable
     from concurrent.futures import Future
 
 BACKSTOP_MARGIN = 30.0   # beyond timeout + grace, a worker that has not answered is killed
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
-@dataclass
+@record(frozen=False)
 class RunOptions:
     project_root: Path
     worktrees: Path
@@ -58,12 +60,12 @@ class RunOptions:
     resume: str | None = None            # a run id, or "" for the latest run
     force: bool = False
     priorities: dict[str, float] | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = factory(dict)
     executor: str | None = None          # overrides execution.executor (for the records)
     scheduler_address: str | None = None
 
 
-@dataclass
+@record(frozen=False)
 class RunOutcome:
     exit_code: int
     run_id: str

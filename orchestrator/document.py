@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable, NoReturn, Sequence
 
 from .errors import ValidationError
 from .interp import format_json_path
 from .jsonpos import JPath, duplicate_key, line_col, line_cols, locate, token_offset
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable, NoReturn, Sequence
 
 __all__ = ["MAX_ERRORS", "Doc", "Issue", "did_you_mean", "read_json", "show"]
 

@@ -8,7 +8,10 @@ import re
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SYMBOLS: Mapping[str, str] = {
     "succeeded": "✓", "failed": "✗", "timed_out": "⏱", "cancelled": "⏹", "blocked": "⊘",

@@ -18,7 +18,10 @@ from __future__ import annotations
 import functools
 import re
 from collections import deque
-from typing import Any, Callable, Iterable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable
 
 __all__ = ["GlobNFA", "glob_overlap", "is_directory", "is_literal", "literal_prefix",
            "normalize_glob"]
@@ -32,7 +35,7 @@ _DSTAR = "**"
 _GLOB_CHARS = re.compile(r"[*?\[\\]")
 
 Intervals = tuple[tuple[int, int], ...]
-Token = Any                                        # _STAR or Intervals
+Token = object                                     # _STAR or Intervals
 
 
 def normalize_glob(pattern: str) -> str:

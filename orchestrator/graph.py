@@ -14,9 +14,12 @@ import heapq
 import math
 from itertools import accumulate, chain, repeat
 from operator import lt
-from typing import Any, Mapping, Sequence
 
 from .globs import glob_overlap, normalize_glob
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Sequence
 
 __all__ = ["Conflict", "critical_path", "dependents", "find_cycle", "glob_overlap", "longest_paths",
            "normalize_glob", "remaining_path", "scope_conflicts", "topological_order"]

@@ -8,10 +8,13 @@ and writes the file.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
 
 from .graph import remaining_path
 from .model import Workstream
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 SMOOTHING = 0.5          # weight of the newest run in the moving average
 DEFAULT_DURATION = 1.0

@@ -26,12 +26,15 @@ import json
 import os
 import threading
 import time
-from typing import Any, Callable
 
 from . import procs
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
 from .attempt import (RSS_SAMPLE_EVERY, LogSink, Ran, Verdict, base_env, build_result, judge_task,
                       judge_test, keep_log, note_spawn_error, own_hwm)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 ORPHAN_SWEEP = 0.05  # how soon after a step's end what it left behind is found and ended
 

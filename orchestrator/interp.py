@@ -14,9 +14,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterable, Mapping
 
 from .errors import ValidationError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping
 
 __all__ = ["InterpolationError", "format_json_path", "interpolate_execution", "substitute_task",
            "task_references"]

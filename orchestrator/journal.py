@@ -18,7 +18,6 @@ the run: it goes into RUN START, state.json and the summary.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable
 
 from . import history
 from .errors import UsageError
@@ -28,7 +27,9 @@ from .junit import render_junit
 from .report import render_report
 from .store import RunStore, new_run_id
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Callable
     from pathlib import Path
 
     from .scheduler import Scheduler

@@ -15,14 +15,17 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Any, Iterable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable
 
 __all__ = ["POSITIONS_LIMIT", "JPath", "duplicate_key", "line_col", "line_cols", "locate",
            "token_offset"]
 
 POSITIONS_LIMIT = 64 * 2 ** 20   # characters; past this, messages carry no line:column
 
-JPath = tuple[Any, ...]
+JPath = tuple  # of str | int: a place in a JSON document
 
 
 def line_col(text: str, offset: int) -> tuple[int, int]:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import timezone
-from typing import Any
 
 from .analysis import steps_of
 from .fmt import ANSI, number, parse_iso
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # what XML 1.0 does not allow, as a positive class (the negated one over all of Unicode takes 5 ms to
 # compile, at every run's end)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import statistics
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -33,6 +32,10 @@ from .console import _ANSI, TICK_INTERVAL, PlainReporter
 from .model import StepStatus, Workstream
 from .records import StepRecord
 from .fmt import SYMBOLS, human_duration
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, TextIO
 
 STYLES = {
     "succeeded": "green", "failed": "bold red", "timed_out": "red", "cancelled": "yellow",

@@ -17,7 +17,6 @@ package, exact but slow on big documents, runs only to explain a failure).
 """
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import posixpath
@@ -25,17 +24,21 @@ import re
 from itertools import chain
 from operator import methodcaller
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
 
 from . import graph, scopes
 from .document import MAX_ERRORS, Doc, Issue, did_you_mean, read_json, show
 from .errors import ValidationError
+from .frozen import defaults
 from .interp import interpolate_execution, task_references
 from .model import (PYTHON, SHELL, Execution, FilesScope, OnFailure, Step, StepGroup, Tool,
                     Workstream)
 from .schema import ID_PATTERN, ID_RULE, load_schema, newline_ids, schema_issues
 # `loader._validators` stays reachable: a property test holds the fast check to jsonschema.
 from .schema import validators as _validators  # noqa: F401
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, Sequence
 
 __all__ = ["ID_PATTERN", "load_by_id", "load_schema", "load_workstream", "parse_workstream"]
 
@@ -389,8 +392,7 @@ _STEP_FIELDS: dict[str, Callable[[Any], Any] | None] = {
     "retry_delay": float, "env": dict, "cwd": posixpath.normpath, "estimated_duration": float,
     "priority": int, "resources": lambda r: {k: float(v) for k, v in r.items()},
     "files_scope": _files_scope}
-_STEP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Step)
-                  if f.default is not dataclasses.MISSING}
+_STEP_DEFAULTS = defaults(Step)
 
 
 def _step(i: int, s: Mapping[str, Any], deps: tuple[str, ...]) -> Step:

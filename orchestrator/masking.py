@@ -7,7 +7,10 @@ worker, as output streams), in orchestrator.log, and in every string of state an
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping
 
 SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.I)
 MIN_SECRET_LEN = 4

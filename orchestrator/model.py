@@ -2,7 +2,7 @@
 
 `Workstream`, `Step`, `StepGroup`, `Tool` and `Execution` are built once by the loader from a validated
 file and never change. `StepSpec` is the only thing that goes into a worker process and `StepResult` the
-only thing that comes back; both are frozen dataclasses of plain values so they pickle cheaply and
+only thing that comes back; both are frozen records (`frozen.record`) of plain values so they pickle cheaply and
 identically for a local process pool and a Dask cluster.
 
 Step states (`StepStatus`) and their legal transitions::
@@ -19,10 +19,14 @@ Step states (`StepStatus`) and their legal transitions::
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from functools import cached_property
 from enum import Enum
-from typing import Any, Mapping
+
+from .frozen import factory, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 # SHA-256 from CPython's own implementation where it has one: `hashlib` loads OpenSSL first, 4-7 ms of
 # every run's start-up for one digest a step. The digests are the same.
@@ -89,22 +93,22 @@ PYTHON = "python"
 DEFAULT_MAX_LOG_BYTES = 50 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@record
 class FilesScope:
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@record
 class Tool:
     """A named command-line tool: `command` is an argv template with {task} {files} {step_id} {ws_id}."""
 
     name: str
     command: tuple[str, ...]
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = factory(dict)
 
 
-@dataclass(frozen=True)
+@record
 class Step:
     id: str
     index: int                                   # position in the file: the last tie-breaker
@@ -112,18 +116,18 @@ class Step:
     tasks: tuple[str, ...] = ()
     callable: str | None = None                  # "package.module:function" for the python tool
     args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = factory(dict)
     depends_on: tuple[str, ...] = ()
     files_scope: FilesScope = FilesScope()
     acceptance_tests: tuple[str, ...] = ()
     timeout: float | None = None                 # None: execution.timeout_per_step
     retries: int = 0
     retry_delay: float = 1.0
-    env: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = factory(dict)
     cwd: str | None = None                       # relative to the project root
     estimated_duration: float | None = None
     priority: int = 0
-    resources: Mapping[str, float] = field(default_factory=dict)
+    resources: Mapping[str, float] = factory(dict)
     description: str = ""
 
     def definition_hash(self) -> str:
@@ -148,7 +152,7 @@ class Step:
         return _sha256(blob).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
+@record
 class StepGroup:
     id: str
     steps: tuple[str, ...]
@@ -158,7 +162,7 @@ class StepGroup:
     timeout: float | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Execution:
     parallel: bool = True
     max_workers: int = 4
@@ -198,12 +202,12 @@ class Execution:
         }
 
 
-@dataclass(frozen=True)
+@record
 class Workstream:
     id: str
     steps: tuple[Step, ...]
     execution: Execution = Execution()
-    tools: Mapping[str, Tool] = field(default_factory=dict)
+    tools: Mapping[str, Tool] = factory(dict)
     step_groups: tuple[StepGroup, ...] = ()
     title: str = ""
     description: str = ""
@@ -223,7 +227,7 @@ class Workstream:
 
 # --- the process boundary -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@record
 class Task:
     """One thing to run in a child process of the worker."""
 
@@ -231,11 +235,11 @@ class Task:
     argv: tuple[str, ...] = ()                   # exec'd without a shell (shell tasks: /bin/sh -c)
     callable: str | None = None                  # python tasks: "module:function"
     args: tuple[Any, ...] = ()
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
-    inputs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = factory(dict)
+    inputs: Mapping[str, Any] = factory(dict)
 
 
-@dataclass(frozen=True)
+@record
 class StepSpec:
     """Everything a worker needs to run one attempt of one step, and nothing else."""
 
@@ -256,10 +260,10 @@ class StepSpec:
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
     secrets: tuple[str, ...] = ()                # values masked as *** in the log
     cancel_dir: str = ""                         # local runs: the run's cancel flags live here
-    resources: Mapping[str, float] = field(default_factory=dict)   # Dask worker resources
+    resources: Mapping[str, float] = factory(dict)   # Dask worker resources
 
 
-@dataclass(frozen=True)
+@record
 class TestResult:
     command: str
     status: str                                  # "passed" | "failed" | "timed_out" | "cancelled" | "not_run"
@@ -272,7 +276,7 @@ class TestResult:
                 "duration_s": round(self.duration_s, 4)}
 
 
-@dataclass(frozen=True)
+@record
 class StepResult:
     """What a worker returns for one attempt. Workers never raise: every outcome is one of these."""
 
@@ -283,7 +287,7 @@ class StepResult:
     error: str | None = None
     started_at: float = 0.0                      # epoch seconds
     finished_at: float = 0.0
-    outputs: Mapping[str, Any] = field(default_factory=dict)
+    outputs: Mapping[str, Any] = factory(dict)
     return_value: Any = None                     # python steps: what the callable returned
     acceptance_tests: tuple[TestResult, ...] = ()
     peak_rss_bytes: int | None = None

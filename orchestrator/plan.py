@@ -6,12 +6,15 @@ run would choose. Linear in steps and edges: a 100 000-step workstream plans in 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
 
 from .graph import longest_paths
 from .history import durations as expected_durations
 from .model import Workstream
 from .scheduler import simulate
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping
 
 
 def build_plan(ws: Workstream, *, workers: int, history: Mapping[str, Any] | None,

@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Callable
 
 from .model import StepSpec
 from .worker import init_worker, run_step
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 class LocalPool:

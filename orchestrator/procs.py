@@ -15,7 +15,10 @@ import errno
 import os
 import signal
 import time
-from typing import Iterable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterable
 
 
 PR_SET_PDEATHSIG = 1

@@ -7,16 +7,19 @@ dispatcher's mutable bookkeeping for one step across its attempts.
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Mapping
 
+from .frozen import defaults, factory, record
 from .masking import mask, mask_obj
 from .model import StepResult, StepStatus, Workstream
 from .analysis import max_concurrency
 from .fmt import iso
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
-@dataclass(init=False)
+
+@record(frozen=False)
 class StepRecord:
     step_id: str
     depends_on: tuple[str, ...]
@@ -31,11 +34,11 @@ class StepRecord:
     worker: str | None = None
     error: str | None = None
     exit_code: int | None = None
-    blocked_by: list[str] = field(default_factory=list)
-    outputs: dict[str, Any] = field(default_factory=dict)
+    blocked_by: list[str] = factory(list)
+    outputs: dict[str, Any] = factory(dict)
     return_value: Any = None
     result: StepResult | None = None
-    acceptance_tests: list[dict] = field(default_factory=list)
+    acceptance_tests: list[dict] = factory(list)
     peak_rss_bytes: int | None = None
     cpu_time_s: float | None = None
     definition_hash: str = ""
@@ -122,7 +125,7 @@ class StepRecord:
         return rec
 
 
-_FRESH = {f.name: f.default for f in fields(StepRecord) if f.default is not MISSING}
+_FRESH = defaults(StepRecord)
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:

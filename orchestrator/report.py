@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from .analysis import (BAD_RUN, critical_path, id_list, interval, is_kept, max_concurrency,
                        recommendations, steps_of)
 from .fmt import (SYMBOLS, clean, human_bytes, human_duration, iso, number, parse_iso, plain_line,
                   progress_line)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "human_bytes", "human_duration", "iso", "parse_iso", "plain_line", "progress_line",

@@ -24,29 +24,38 @@ the remaining steps of a tool after N consecutive failed steps of it. `stop()` i
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping
 
+from .frozen import record
 from .model import OnFailure, StepStatus, Workstream
 from .ratelimit import TokenBucket
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Iterable, Mapping
     import random
 
 _FAILED = (StepStatus.FAILED, StepStatus.TIMED_OUT)
 
 
-@dataclass(slots=True)
 class StepState:
-    status: StepStatus = StepStatus.PENDING
-    attempts: int = 0                    # attempts in this session (the retry budget)
-    earlier_attempts: int = 0            # attempts in earlier sessions of a resumed run
-    not_before: float = 0.0
-    blocked_by: list[str] = field(default_factory=list)
-    reason: str | None = None
+    """One step's scheduling state (one per step, read in every hot loop: slots, a plain __init__)."""
+
+    __slots__ = ("status", "attempts", "earlier_attempts", "not_before", "blocked_by", "reason")
+
+    def __init__(self) -> None:
+        self.status = StepStatus.PENDING
+        self.attempts = 0                # attempts in this session (the retry budget)
+        self.earlier_attempts = 0        # attempts in earlier sessions of a resumed run
+        self.not_before = 0.0
+        self.blocked_by: list[str] = []
+        self.reason: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"StepState(status={self.status!r}, attempts={self.attempts}, "
+                f"blocked_by={self.blocked_by!r}, reason={self.reason!r})")
 
 
-@dataclass(frozen=True)
+@record
 class Change:
     """A status change the caller should record (log, state) — besides the ones it asked for."""
 
@@ -55,13 +64,18 @@ class Change:
     reason: str | None = None
 
 
-@dataclass(slots=True)
 class Outcome:
     """What `finish` decided: retry or not, and what else changed because of it."""
 
-    retry_at: float | None = None
-    changes: list[Change] = field(default_factory=list)
-    cancel: list[str] = field(default_factory=list)  # running steps the caller must cancel
+    __slots__ = ("retry_at", "changes", "cancel")
+
+    def __init__(self) -> None:
+        self.retry_at: float | None = None
+        self.changes: list[Change] = []
+        self.cancel: list[str] = []      # running steps the caller must cancel
+
+    def __repr__(self) -> str:
+        return f"Outcome(retry_at={self.retry_at!r}, changes={self.changes!r}, cancel={self.cancel!r})"
 
 
 class Scheduler:

@@ -19,11 +19,11 @@ import os
 import re
 from itertools import chain, repeat
 from operator import contains, itemgetter, methodcaller
-from typing import Any, Callable, Iterable
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # jsonschema is imported when a document needs explaining: a valid file never pays
+    from typing import Any, Callable, Iterable
 
-if TYPE_CHECKING:  # imported when a document needs explaining: a valid file never pays for it
     import jsonschema
 
 from .document import Issue, did_you_mean, show

@@ -11,17 +11,20 @@ serialize`, the scheduler never runs such a pair together).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
 
+from .frozen import record
 from .globs import GlobNFA, glob_overlap, is_directory, is_literal, literal_prefix, normalize_glob
 from .graph import IndexedGraph
 from .model import Workstream
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Iterator, Sequence
+
 __all__ = ["Conflict", "scope_conflicts"]
 
 
-@dataclass(frozen=True)
+@record
 class Conflict:
     """Two steps that may run at the same time and touch overlapping files.
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
 
+from .frozen import record
 from .interp import substitute_task
 from .model import PYTHON, SHELL, StepSpec, Task, Workstream
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping
 
 _PLACEHOLDER = re.compile(r"\{(task|step_id|ws_id|files)\}")
 
 
-@dataclass(frozen=True)
+@record
 class RunContext:
     """What every spec of one run shares."""
 

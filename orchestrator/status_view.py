@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timezone
-from typing import Any
 
 from orchestrator.fmt import human_duration, parse_iso, progress_line
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["render_status", "render_plan"]
 

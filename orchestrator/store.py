@@ -21,11 +21,14 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 from .masking import mask, mask_obj
 from .errors import LockHeldError, RunNotFoundError
 from .procs import pid_alive
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 RUN_ID_RE = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{8}$")
 

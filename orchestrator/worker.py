@@ -24,12 +24,15 @@ import select
 import signal
 import sys
 import time
-from typing import Any, Callable
 
 from . import procs
 from .attempt import (RSS_SAMPLE_EVERY, LogSink, Ran, Verdict, base_env, build_result, judge_task,
                       judge_test, keep_log, note_spawn_error, own_hwm)
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 CANCEL_CHECK = 0.1
 _progress_fd: int | None = None

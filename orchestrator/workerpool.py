@@ -23,9 +23,12 @@ import pickle
 import signal
 import struct
 from concurrent.futures import Executor, Future
-from typing import Any, Callable
 
 from .errors import WorkerDied   # noqa: F401 - raised here, and importable from here as before
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 _HEADER = struct.Struct("!I")
 

@@ -3,7 +3,7 @@ model that is built, and a property test that nothing but ValidationError ever e
 from __future__ import annotations
 
 import copy
-import dataclasses
+
 import json
 import os
 import re
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator import loader
+from orchestrator import frozen, loader
 from orchestrator.errors import OrchestratorError, ValidationError
 from orchestrator.loader import load_by_id, load_schema, load_workstream, parse_workstream
 from orchestrator.model import OnFailure, Step, Workstream
@@ -108,7 +108,7 @@ def test_steps_have_every_field_and_their_own_mutable_values(tmp_path):
     # the loader builds steps without Step.__init__: no field may be missing or shared
     ws = parse(doc({"id": "a"}, {"id": "b", "env": {"K": "v"}, "depends_on": ["a"]}), tmp_path)
     a, b = ws.steps
-    names = {f.name for f in dataclasses.fields(Step)}
+    names = set(frozen.fields(Step))
     assert vars(a).keys() == names and vars(b).keys() == names
     assert a == Step(id="a", index=0) and b == Step(id="b", index=1, env={"K": "v"}, depends_on=("a",))
     assert a.kwargs is not b.kwargs and a.resources is not b.resources

@@ -1,11 +1,12 @@
-"""The typed model: loaded steps are complete frozen dataclasses; definition hashes."""
+"""The typed model: loaded steps are complete frozen records; records themselves; definition hashes."""
 from __future__ import annotations
 
-import dataclasses
 import json
+import pickle
 
 import pytest
 
+from orchestrator import frozen
 from orchestrator.loader import parse_workstream
 from orchestrator.model import FilesScope, Step, StepStatus
 
@@ -28,8 +29,8 @@ def test_loaded_steps_equal_steps_built_by_the_constructor(tmp_path):
                      resources={"gpu": 1.0}, estimated_duration=3.0, description="d")
     assert b == Step(id="b", index=1, tool="python", callable="m:f", args=(1,), kwargs={"k": 2},
                      depends_on=("a",))
-    assert set(vars(a)) >= {f.name for f in dataclasses.fields(Step)}
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert set(vars(a)) >= set(frozen.fields(Step))
+    with pytest.raises(frozen.FrozenInstanceError):
         a.retries = 3
 
 
@@ -44,3 +45,74 @@ def test_status_vocabulary():
     assert {s.value for s in StepStatus if s.terminal} == {
         "succeeded", "failed", "timed_out", "blocked", "skipped", "cancelled"}
     assert StepStatus.FAILED.bad and not StepStatus.SUCCEEDED.bad
+
+
+# --- frozen.record: what the model's classes are made with ------------------------------------------
+
+@frozen.record
+class _Point:
+    x: int
+    y: int = 0
+    tags: dict = frozen.factory(dict)
+
+
+@frozen.record(frozen=False)
+class _Box:
+    items: list = frozen.factory(list)
+
+
+@frozen.record(slots=True)
+class _Slotted:
+    a: int
+    b: str = "b"
+
+
+def test_a_record_is_built_positionally_or_by_keyword_with_fresh_defaults():
+    p, q = _Point(1), _Point(x=1, y=2)
+    assert (p.x, p.y, p.tags, q.y) == (1, 0, {}, 2)
+    assert p.tags is not _Point(1).tags
+    assert frozen.fields(_Point) == ("x", "y", "tags") and frozen.defaults(_Point) == {"y": 0}
+    with pytest.raises(TypeError, match="missing the argument 'x'"):
+        _Point()
+    with pytest.raises(TypeError, match="no field 'z'"):
+        _Point(1, z=3)
+    with pytest.raises(TypeError, match="twice"):
+        _Point(1, x=2)
+    with pytest.raises(TypeError, match="positional"):
+        _Point(1, 2, {}, 4)
+
+
+def test_a_record_compares_hashes_and_shows_its_fields():
+    assert _Point(1, 2) == _Point(1, 2) != _Point(1, 3)
+    assert _Point(1) != _Slotted(1) and (_Point(1) == (1, 0, {})) is False
+    assert hash(_Slotted(1)) == hash(_Slotted(1, "b"))
+    assert repr(_Point(1, 2)) == "_Point(x=1, y=2, tags={})"
+    with pytest.raises(TypeError):
+        hash(_Box())          # mutable: unhashable
+
+
+def test_a_frozen_record_refuses_changes_and_replace_makes_a_copy():
+    p = _Point(1, 2)
+    with pytest.raises(frozen.FrozenInstanceError):
+        p.x = 5
+    with pytest.raises(frozen.FrozenInstanceError):
+        del p.y
+    with pytest.raises(frozen.FrozenInstanceError):
+        _Slotted(1).a = 2
+    q = frozen.replace(p, y=7)
+    assert (q.x, q.y, p.y) == (1, 7, 2)
+    with pytest.raises(TypeError, match="no field"):
+        frozen.replace(p, z=1)
+    box = _Box()
+    box.items = [1]
+    assert box == _Box([1])
+
+
+@pytest.mark.parametrize("obj", [_Point(1, 2, {"k": "v"}), _Slotted(3, "x"), _Box([1, 2]),
+                                 StepStatus.FAILED])
+def test_records_pickle_to_equal_values(obj):
+    assert pickle.loads(pickle.dumps(obj)) == obj
+
+
+def test_a_slotted_record_has_no_instance_dict():
+    assert not hasattr(_Slotted(1), "__dict__") and _Slotted.__slots__ == ("a", "b")

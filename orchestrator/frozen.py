@@ -1,0 +1,179 @@
+"""Plain records without `dataclasses`: `@record` classes, frozen by default, for the model and the
+few small value types of the core.
+
+Why not `dataclasses`: on CPython 3.11 `@dataclass` compiles each generated method (`__init__`,
+`__repr__`, `__eq__`, `__hash__`, `__setattr__`, `__delattr__`) from source with `exec` when the module
+is imported, ~1 ms a class, and `dataclasses` imports `inspect` (with `ast`, `dis`, `tokenize`): ~25 ms
+of every command's start-up for the 18 classes on the run path, more than loading and checking a
+10 000-step workstream. Here the methods are shared functions that read the class's field table, so a
+class costs what a plain class costs.
+
+What a record offers is what this project used of dataclasses: fields in declaration order (from the
+class annotations) with defaults and `factory(...)` defaults, positional or keyword construction,
+`repr`, field-wise `==` and (frozen) `hash`, `FrozenInstanceError` on assignment, pickling, and the
+module functions `fields(cls)` and `replace(obj, **changes)`. `slots=True` gives a class `__slots__`
+(for the scheduler's per-step state, which is made and read thousands of times).
+"""
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, TypeVar
+    T = TypeVar("T")
+
+
+class FrozenInstanceError(AttributeError):
+    """Assignment to a field of a frozen record."""
+
+
+class factory:
+    """A default made anew for every instance: `env: dict = factory(dict)`."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]):
+        self.make = make
+
+
+_MISSING = object()
+
+
+def record(cls: type | None = None, *, frozen: bool = True, slots: bool = False):
+    """Make `cls` a record (see the module doc). `frozen=False`: fields may be assigned."""
+    def wrap(c: type) -> type:
+        return _make(c, frozen, slots)
+    return wrap if cls is None else wrap(cls)
+
+
+def fields(cls_or_obj: Any) -> tuple[str, ...]:
+    """The field names, in declaration order."""
+    return cls_or_obj.__record_fields__
+
+
+def defaults(cls: type) -> dict[str, Any]:
+    """The plain (non-factory) defaults, by field name."""
+    return dict(cls.__record_defaults__)
+
+
+def replace(obj: T, **changes: Any) -> T:
+    """A copy of `obj` with some fields changed (as `dataclasses.replace`)."""
+    cls = type(obj)
+    unknown = set(changes) - set(cls.__record_fields__)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
+    new = object.__new__(cls)
+    _fill(new, {**{n: getattr(obj, n) for n in cls.__record_fields__}, **changes})
+    return new
+
+
+def _fill(obj: Any, values: dict[str, Any]) -> None:
+    if hasattr(obj, "__dict__"):
+        obj.__dict__.update(values)
+    else:
+        for name, value in values.items():
+            object.__setattr__(obj, name, value)
+
+
+def _make(cls: type, frozen: bool, slots: bool) -> type:
+    names: list[str] = []
+    for base in reversed(cls.__mro__[1:]):
+        for name in getattr(base, "__record_fields__", ()):
+            if name not in names:
+                names.append(name)
+    own = [n for n in cls.__dict__.get("__annotations__", {})
+           if not n.startswith("__") and n not in names]
+    names.extend(own)
+    plain: dict[str, Any] = dict(getattr(cls, "__record_defaults__", {}))
+    made: dict[str, Callable[[], Any]] = dict(getattr(cls, "__record_factories__", {}))
+    for name in own:
+        value = cls.__dict__.get(name, _MISSING)
+        if isinstance(value, factory):
+            made[name] = value.make
+        elif value is not _MISSING:
+            plain[name] = value
+    table = dict(__record_fields__=tuple(names), __record_defaults__=plain,
+                 __record_factories__=made, __init__=_init, __repr__=_repr, __eq__=_eq,
+                 __match_args__=tuple(names))
+    if frozen:
+        table.update(__setattr__=_frozen_set, __delattr__=_frozen_del, __hash__=_hash)
+    else:
+        table["__hash__"] = None   # mutable and compared by value: unhashable, as dataclasses does
+    for own_method in ("__init__", "__repr__", "__eq__"):  # written by the class: its own wins
+        if own_method in cls.__dict__:
+            del table[own_method]
+    if not slots:  # the class itself, as dataclasses does without slots
+        for name in made:
+            if name in cls.__dict__:
+                delattr(cls, name)
+        for key, value in table.items():
+            setattr(cls, key, value)
+        return cls
+    # __slots__ must be there when the class is made: a new class with the same body
+    body = {k: v for k, v in cls.__dict__.items()
+            if k not in ("__dict__", "__weakref__") and k not in names}
+    body.update(table, __slots__=tuple(own), __getstate__=_getstate, __setstate__=_setstate)
+    new = type(cls)(cls.__name__, cls.__bases__, body)
+    new.__qualname__ = cls.__qualname__
+    return new
+
+
+def _init(self, *args: Any, **kwargs: Any) -> None:
+    cls = type(self)
+    names = cls.__record_fields__
+    if len(args) > len(names):
+        raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments, got {len(args)}")
+    values = dict(zip(names, args))
+    plain, made = cls.__record_defaults__, cls.__record_factories__
+    for name in names[len(args):]:
+        if name in kwargs:
+            values[name] = kwargs.pop(name)
+        elif name in plain:
+            values[name] = plain[name]
+        elif name in made:
+            values[name] = made[name]()
+        else:
+            raise TypeError(f"{cls.__name__}() missing the argument {name!r}")
+    if kwargs:
+        name = next(iter(kwargs))
+        raise TypeError(f"{cls.__name__}() got {'the field twice' if name in values else 'no field'} "
+                        f"{name!r}")
+    _fill(self, values)
+    post = getattr(self, "__post_init__", None)
+    if post is not None:
+        post()
+
+
+def _values(self) -> tuple[Any, ...]:
+    return tuple(getattr(self, n) for n in type(self).__record_fields__)
+
+
+def _repr(self) -> str:
+    cls = type(self)
+    return f"{cls.__qualname__}({', '.join(f'{n}={getattr(self, n)!r}' for n in cls.__record_fields__)})"
+
+
+def _eq(self, other: Any) -> bool:
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    return _values(self) == _values(other)
+
+
+def _hash(self) -> int:
+    return hash(_values(self))
+
+
+def _frozen_set(self, name: str, value: Any) -> None:
+    raise FrozenInstanceError(f"cannot assign to field {name!r} of a frozen {type(self).__name__}")
+
+
+def _frozen_del(self, name: str) -> None:
+    raise FrozenInstanceError(f"cannot delete field {name!r} of a frozen {type(self).__name__}")
+
+
+def _getstate(self) -> tuple[Any, ...]:
+    return _values(self)
+
+
+def _setstate(self, state: tuple[Any, ...]) -> None:
+    for name, value in zip(type(self).__record_fields__, state):
+        object.__setattr__(self, name, value)
