@@ -6,18 +6,16 @@
 """
 from __future__ import annotations
 
-import gc
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from . import __version__, drawing, scopes
+from . import __version__, commands, drawing
 from .errors import OrchestratorError, UsageError
-from .model import OnFailure, Workstream
+from .model import Workstream
 
 EXAMPLES = {
     "run": "  orchestrator run --ws-id ws-example-02-parallel-execution\n"
@@ -36,30 +34,13 @@ def _help(name: str, text: str) -> str:
     return f"{text}\n\n\b\nExamples:\n{EXAMPLES[name]}"
 
 
-def _project_root() -> Path:
-    return Path.cwd().resolve()
-
-
 def _load(file: str | None, ws_id: str | None, workstreams_dir: str | None, *,
           on_conflict: str = "error") -> Workstream:
-    from .loader import load_by_id, load_workstream
-    root = _project_root()
-    if bool(file) == bool(ws_id):
-        raise UsageError("give either a workstream FILE or --ws-id ID (one of them)")
-    if ws_id:
-        ws = load_by_id(ws_id, Path(workstreams_dir or "workstreams"), project_root=root,
-                        on_conflict=on_conflict)
-    else:
-        ws = load_workstream(file, project_root=root, on_conflict=on_conflict)
-    # the workstream lives as long as the process: keep the collector from rescanning it (with
-    # 100 000 steps, full collections cost more than the scheduling itself)
-    gc.freeze()
-    return ws
+    return commands.load(file, ws_id, workstreams_dir, on_conflict=on_conflict)
 
 
 def _worktrees(override: str | None) -> Path:
-    from .store import worktrees_root
-    return worktrees_root(_project_root(), override)
+    return commands.worktrees(override)
 
 
 def workstream_source(f):
@@ -89,17 +70,7 @@ def cli() -> None:
 
 
 def _positive_workers(ctx, param, value):
-    if value is None:
-        return None
-    if value == "auto":
-        return len(os.sched_getaffinity(0))
-    try:
-        n = int(value)
-    except ValueError:
-        raise UsageError(f"--max-workers: expected a whole number or 'auto', got {value!r}") from None
-    if n < 1:
-        raise UsageError("max-workers must be at least 1")
-    return n
+    return commands.max_workers_option(value)
 
 
 @cli.command(help=_help("run", "Run a workstream (FILE or --ws-id)."))
@@ -108,9 +79,9 @@ def _positive_workers(ctx, param, value):
               help="Most steps running at once (overrides the file).")
 @click.option("--sequential", is_flag=True, help="One step at a time (dependencies still respected).")
 @click.option("--fail-fast", is_flag=True, help="Same as --on-failure fail_all.")
-@click.option("--on-failure", type=click.Choice([m.value for m in OnFailure]),
+@click.option("--on-failure", type=click.Choice(commands.ON_FAILURE_CHOICES),
               help="What a failed step does to the rest of the run.")
-@click.option("--on-conflict", type=click.Choice(["error", "serialize"]), default="error",
+@click.option("--on-conflict", type=click.Choice(commands.ON_CONFLICT_CHOICES), default="error",
               show_default=True, help="Steps whose file scopes overlap: refuse, or never run them together.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (order and waves); run nothing.")
 @click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[RUN_ID]",
@@ -118,62 +89,22 @@ def _positive_workers(ctx, param, value):
 @click.option("--force", is_flag=True, help="With --resume: start from scratch instead.")
 @click.option("--grace", type=float, default=5.0, show_default=True, metavar="SECONDS",
               help="Time between SIGTERM and SIGKILL when steps are cancelled.")
-@click.option("--executor", type=click.Choice(["process", "dask"]), default=None,
+@click.option("--executor", type=click.Choice(commands.EXECUTOR_CHOICES), default=None,
               help="Where steps run (default: the file's execution.executor).")
 @click.option("--scheduler", metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786.")
 @click.option("--worktrees-dir", metavar="DIR", help="Where run directories go (default ./.worktrees).")
 @click.option("-q", "--quiet", is_flag=True, help="Only the final summary line.")
 @click.option("-v", "--verbose", is_flag=True, help="Also stream each step's output, prefixed [step-id].")
-def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_failure, on_conflict,
-        dry_run, resume, force, grace, executor, scheduler, worktrees_dir, quiet, verbose) -> None:
-    if quiet and verbose:
-        raise UsageError("-q and -v exclude each other")
-    if grace < 0:
-        raise UsageError("--grace must be at least 0")
-    ws = _load(file, ws_id, workstreams_dir, on_conflict=on_conflict)
-    if sequential:
-        max_workers = 1
-    policy = OnFailure.FAIL_ALL if fail_fast else (OnFailure(on_failure) if on_failure else None)
-    chosen_executor = executor or ws.execution.executor
-    pool_factory = None
-    if chosen_executor == "dask":
-        from .dask_pool import dask_pool_factory
-        pool_factory = dask_pool_factory(scheduler or ws.execution.scheduler_address)
-    if dry_run:
-        gc.disable()  # a short-lived command that builds ~10 objects a step and frees them at exit
-        click.echo(_plan_text(ws, max_workers, on_conflict, worktrees_dir))
-        return
-    from .console import make_reporter
-    from .dispatcher import Dispatcher, RunOptions
-    opts = RunOptions(project_root=_project_root(), worktrees=_worktrees(worktrees_dir),
-                      max_workers=max_workers, on_failure=policy, on_conflict=on_conflict, grace=grace,
-                      resume=resume, force=force, executor=chosen_executor,
-                      scheduler_address=scheduler or ws.execution.scheduler_address)
-    reporter = make_reporter(quiet=quiet, verbose=verbose, stream=sys.stderr)
-    outcome = Dispatcher(ws, opts, pool_factory=pool_factory, reporter=reporter).run()
-    sys.exit(outcome.exit_code)
-
-
-def _plan_text(ws: Workstream, max_workers: int | None, on_conflict: str,
-               worktrees_dir: str | None = None) -> str:
-    from .plan import build_plan
-    from .status_view import render_plan
-    from .store import RunStore
-    serialize = ([(c.step_a, c.step_b) for c in scopes.scope_conflicts(ws)]
-                 if on_conflict == "serialize" else [])
-    past = RunStore(_worktrees(worktrees_dir), ws.id).read_history()
-    return render_plan(build_plan(ws, workers=max_workers or ws.execution.effective_workers,
-                                  history=past, serialize=serialize))
+def run(**options) -> None:
+    sys.exit(commands.run(**options))
 
 
 @cli.command(help=_help("validate", "Check a workstream (FILE or --ws-id) without running it."))
 @workstream_source
-@click.option("--on-conflict", type=click.Choice(["error", "serialize"]), default="error",
+@click.option("--on-conflict", type=click.Choice(commands.ON_CONFLICT_CHOICES), default="error",
               show_default=True, help="Whether overlapping file scopes are an error.")
-def validate(file, ws_id, workstreams_dir, on_conflict) -> None:
-    ws = _load(file, ws_id, workstreams_dir, on_conflict=on_conflict)
-    edges = sum(len(s.depends_on) for s in ws.steps)
-    click.echo(f"OK: {ws.source}: workstream {ws.id}, {len(ws.steps)} steps, {edges} dependencies")
+def validate(**options) -> None:
+    commands.validate(**options)
 
 
 @cli.command(help=_help("status", "Show the progress of a workstream's latest run (or every workstream)."))
@@ -241,30 +172,11 @@ def graph(file, ws_id, workstreams_dir, fmt, output) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry (also `python -m orchestrator` and the scripts/ wrappers): the process
-    ends here. Tests drive `cli` instead."""
+    """The whole command line through click (`entry.main` comes here for what it does not parse
+    itself): the process ends here. Tests drive `cli` instead."""
+    from .entry import _exit_now
     try:
         cli.main(args=argv, prog_name="orchestrator")
     except SystemExit as e:
         _exit_now(e.code)
         raise
-
-
-def _exit_now(code: object) -> None:
-    """End the process without the interpreter's teardown, which frees every object and module one
-    by one: ~10 ms after any command, more after a big workstream. By now every file this command
-    wrote is closed (the store writes through raw descriptors). Skipped whenever the teardown could
-    still matter: another thread alive (a kill thread in its grace period must finish), an exit
-    handler registered (the live view restores the terminal), a Dask client (distributed cleans up
-    at exit), or stdout/stderr that cannot be flushed (the normal exit reports it)."""
-    import atexit
-    import threading
-    if (not isinstance(code, int) and code is not None) or threading.active_count() > 1 \
-            or getattr(atexit, "_ncallbacks", lambda: 1)() or "distributed" in sys.modules:
-        return
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        return
-    os._exit(code or 0)

@@ -21,7 +21,7 @@ from collections import deque
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Iterable
+    from typing import Callable, Iterable
 
 __all__ = ["GlobNFA", "glob_overlap", "is_directory", "is_literal", "literal_prefix",
            "normalize_glob"]

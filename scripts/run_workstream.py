@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package first
 
-from orchestrator.cli import main  # noqa: E402
+from orchestrator.entry import main  # noqa: E402
 
 if __name__ == "__main__":
     main(["run", *sys.argv[1:]])
