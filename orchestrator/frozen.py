@@ -91,7 +91,8 @@ def _make(cls: type, frozen: bool, slots: bool) -> type:
             made[name] = value.make
         elif value is not _MISSING:
             plain[name] = value
-    table = dict(__record_fields__=tuple(names), __record_defaults__=plain,
+    table = dict(__record_fields__=tuple(names), __record_set__=frozenset(names),
+                 __record_slotted__=slots, __record_defaults__=plain,
                  __record_factories__=made, __init__=_init, __repr__=_repr, __eq__=_eq,
                  __match_args__=tuple(names))
     if frozen:
@@ -118,29 +119,35 @@ def _make(cls: type, frozen: bool, slots: bool) -> type:
 
 
 def _init(self, *args: Any, **kwargs: Any) -> None:
+    # the hot path is a few C-level dict operations (specs and results are made once a step): the
+    # plain defaults, then the positional and keyword values, then fresh factory defaults
     cls = type(self)
     names = cls.__record_fields__
-    if len(args) > len(names):
-        raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments, got {len(args)}")
-    values = dict(zip(names, args))
-    plain, made = cls.__record_defaults__, cls.__record_factories__
-    for name in names[len(args):]:
-        if name in kwargs:
-            values[name] = kwargs.pop(name)
-        elif name in plain:
-            values[name] = plain[name]
-        elif name in made:
-            values[name] = made[name]()
-        else:
-            raise TypeError(f"{cls.__name__}() missing the argument {name!r}")
+    values = dict(cls.__record_defaults__)
+    if args:
+        if len(args) > len(names):
+            raise TypeError(f"{cls.__name__}() takes {len(names)} positional arguments, "
+                            f"got {len(args)}")
+        values.update(zip(names, args))
+        if kwargs and not kwargs.keys().isdisjoint(names[:len(args)]):
+            name = next(n for n in names[:len(args)] if n in kwargs)
+            raise TypeError(f"{cls.__name__}() got the field twice {name!r}")
     if kwargs:
-        name = next(iter(kwargs))
-        raise TypeError(f"{cls.__name__}() got {'the field twice' if name in values else 'no field'} "
-                        f"{name!r}")
-    _fill(self, values)
-    post = getattr(self, "__post_init__", None)
-    if post is not None:
-        post()
+        values.update(kwargs)
+    for name, make in cls.__record_factories__.items():
+        if name not in values:
+            values[name] = make()
+    if len(values) != len(names) or (kwargs and not kwargs.keys() <= cls.__record_set__):
+        unknown = [n for n in kwargs if n not in cls.__record_set__]
+        if unknown:
+            raise TypeError(f"{cls.__name__}() got no field {unknown[0]!r}")
+        missing = next(n for n in names if n not in values)
+        raise TypeError(f"{cls.__name__}() missing the argument {missing!r}")
+    if cls.__record_slotted__:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+    else:
+        self.__dict__.update(values)
 
 
 def _values(self) -> tuple[Any, ...]:
