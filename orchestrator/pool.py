@@ -15,6 +15,7 @@ that was on it.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from .model import StepSpec
@@ -113,6 +114,13 @@ class StdlibPool:
         return list(self._procs or {})
 
     def exit_codes(self) -> dict[int, int | None]:
+        # A broken pool's manager thread fails the futures first, then terminates and joins the
+        # workers. Two threads waiting on one child race: the loser sees ECHILD and multiprocessing
+        # reports its exit code as None, so a killed worker looked alive (a flaky restart of the
+        # step it ran). Let the manager finish its reaping before reading the codes.
+        manager = getattr(self.executor, "_executor_manager_thread", None)
+        if manager is not None and manager is not threading.current_thread():
+            manager.join(timeout=10.0)
         out = {}
         for pid, proc in list((self._procs or {}).items()):
             try:
