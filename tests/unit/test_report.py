@@ -495,3 +495,21 @@ def test_iso_plain_line_and_progress_line():
     assert plain_line(ts, "✓", "step-01", "(2.1s)") == f"[{clock}] ✓ step-01 (2.1s)"
     assert plain_line(ts, "●", "step-02") == f"[{clock}] ● step-02"
     assert progress_line(3, 10) == "Progress: 3/10 steps complete"
+
+
+@pytest.mark.parametrize("steps", [
+    [],
+    [make_step("a", "failed", acceptance_tests=[
+        {"command": "t <1> & \"q\"\r\n\ttab", "status": "failed", "exit_code": 2, "duration_s": 0.5,
+         "output_tail": "line 1\nline <2> & \"3\"\n  indented\n"},   # (a parser drops \r in text)
+        {"command": "ok", "status": "passed", "exit_code": 0, "duration_s": 0.1},
+        {"command": "later", "status": "cancelled", "exit_code": None, "duration_s": 0.0}])],
+    [make_step("a", "failed", error="exit code 1 in task 2: `x > y`\nmore"),
+     make_step("b", "blocked", deps=("a",), blocked_by=["a"]), make_step("c", "pending"),
+     make_step("d", "skipped", error="run timeout"), make_step("e", start=0.0, duration=1.0)],
+], ids=["empty", "tests", "steps"])
+def test_junit_is_written_byte_for_byte_as_elementtree_writes_it(steps):
+    xml = render_junit(make_summary(steps))
+    root = ET.fromstring(xml.encode())
+    ET.indent(root)
+    assert xml == '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
