@@ -88,6 +88,9 @@ class RunStatus(str, Enum):
         return self.value
 
 
+# json.dumps with options builds a JSONEncoder per call: one for every step's digest
+_sorted_json = json.JSONEncoder(sort_keys=True, default=str).encode
+
 SHELL = "shell"
 PYTHON = "python"
 DEFAULT_MAX_LOG_BYTES = 50 * 1024 * 1024
@@ -148,7 +151,7 @@ class Step:
             "acceptance_tests": list(self.acceptance_tests), "env": dict(self.env), "cwd": self.cwd,
             "files_scope": [list(self.files_scope.reads), list(self.files_scope.writes)],
         }
-        blob = json.dumps(what, sort_keys=True, default=str).encode()
+        blob = _sorted_json(what).encode()
         return _sha256(blob).hexdigest()[:16]
 
 

@@ -288,15 +288,17 @@ class RunStore:
         return latest_run_id(self.ws_dir)
 
 
+# json.dumps with options builds a JSONEncoder per call: one, made once, for every summary row
+_readable_item = json.JSONEncoder(default=str, ensure_ascii=False).encode
+
+
 def readable_json(obj: Any) -> str:
     """Indented JSON whose list items (the steps) stand one per line in compact form.
 
     Python's indenting encoder is pure Python and several times slower than the compact C encoder;
     this keeps a 1000-step summary readable (and greppable by step) at C speed.
     """
-    def enc(v: Any) -> str:
-        return json.dumps(v, default=str, ensure_ascii=False)
-
+    enc = _readable_item
     if not isinstance(obj, dict):
         return enc(obj)
     lines = []
