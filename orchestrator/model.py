@@ -218,13 +218,14 @@ class Workstream:
 
     @cached_property
     def _by_id(self) -> dict[str, Step]:
-        return {s.id: s for s in self.steps}
+        return dict(zip(self.step_ids, self.steps))
 
     def step(self, step_id: str) -> Step:
         return self._by_id[step_id]
 
-    @property
+    @cached_property
     def step_ids(self) -> tuple[str, ...]:
+        """The ids in file order (made once: a pass over 100 000 steps costs ~50 ms)."""
         return tuple(s.id for s in self.steps)
 
 

@@ -99,7 +99,7 @@ class Scheduler:
         # each step's fields read once, in one pass: with 100 000 steps, every pass over the Step
         # objects costs more (cache misses) than the work done with what it reads
         steps = ws.steps
-        ids = [s.id for s in steps]
+        ids = ws.step_ids
         deps_of = [s.depends_on for s in steps]
         self.steps = dict(zip(ids, steps))
         self.state: dict[str, StepState] = dict(zip(ids, [StepState() for _ in ids]))
