@@ -5,9 +5,9 @@ click, with the `typing` and `inspect` it imports, is ~15 ms of a command's star
 and paid again by every `orchestrator run` a script or a Makefile starts. So the two commands that are
 started in loops are parsed here, from a table of the options `cli` declares, whenever every argument
 is one this parser reads exactly as click would: long options (`--opt value`, `--opt=value`), `-q`,
-`-v` and one FILE. Anything else (help, `--version`, a misspelt option, a missing or bad value, a
-repeated option, `--resume` followed by a word, short-option clusters, `--`) goes to click, which
-parses and reports it as always. `tests/cli/test_entry.py` holds the table to click's declarations and
+`-v` and one FILE (and a lone `--version`). Anything else (help, a misspelt option, a missing or bad
+value, a repeated option, `--resume` followed by a word, short-option clusters, `--`) goes to click,
+which parses and reports it as always. `tests/cli/test_entry.py` holds the table to click's declarations and
 checks that both parsers give the same options for the same arguments.
 """
 from __future__ import annotations
@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
 def run_fast(args: list[str]) -> int | None:
     """Run `args` without click when `parse` reads them; the exit code, or None for click."""
     from .errors import OrchestratorError
+    if args == ["--version"]:            # what click's version option prints
+        from . import __version__
+        print(f"orchestrator {__version__}")
+        return 0
     try:
         parsed = parse(args)
         if parsed is None:

@@ -98,6 +98,11 @@ def test_what_it_is_not_sure_of_goes_to_click(argv):
     assert entry.parse(argv) is None
 
 
+def test_version_is_what_click_prints(capsys):
+    assert entry.run_fast(["--version"]) == 0
+    assert capsys.readouterr().out == CliRunner().invoke(cli, ["--version"], prog_name="orchestrator").output
+
+
 def test_a_bad_max_workers_is_refused_by_the_same_check():
     with pytest.raises(Exception, match="max-workers must be at least 1"):
         entry.parse(["run", "ws.json", "--max-workers", "0"])
