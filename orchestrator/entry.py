@@ -7,8 +7,8 @@ started in loops are parsed here, from a table of the options `cli` declares, wh
 is one this parser reads exactly as click would: long options (`--opt value`, `--opt=value`), `-q`,
 `-v` and one FILE (and a lone `--version`). Anything else (help, a misspelt option, a missing or bad
 value, a repeated option, `--resume` followed by a word, short-option clusters, `--`) goes to click,
-which parses and reports it as always. `tests/cli/test_entry.py` holds the table to click's declarations and
-checks that both parsers give the same options for the same arguments.
+which parses and reports it as always. `tests/cli/test_entry.py` holds the table to click's
+declarations and checks that both parsers give the same options for the same arguments.
 """
 from __future__ import annotations
 
