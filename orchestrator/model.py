@@ -2,8 +2,8 @@
 
 `Workstream`, `Step`, `StepGroup`, `Tool` and `Execution` are built once by the loader from a validated
 file and never change. `StepSpec` is the only thing that goes into a worker process and `StepResult` the
-only thing that comes back; both are frozen records (`frozen.record`) of plain values so they pickle cheaply and
-identically for a local process pool and a Dask cluster.
+only thing that comes back; both are frozen records (`frozen.record`) of plain values, so they pickle
+cheaply and identically for a local process pool and a Dask cluster.
 
 Step states (`StepStatus`) and their legal transitions::
 
