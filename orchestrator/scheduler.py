@@ -234,23 +234,19 @@ class Scheduler:
                 aside.append((key, sid))
                 self._token_blocked = True
                 break
-            self._start(sid)
+            st.status = StepStatus.RUNNING   # started: marked running, its attempt counted
+            st.attempts += 1
+            running.add(sid)
+            if constrained:
+                g = self.group_of.get(sid)
+                if g is not None:
+                    self.group_running[g] += 1
             out.append(sid)
+        if len(running) > self.max_concurrency:
+            self.max_concurrency = len(running)
         for item in aside:
             heappush(heap, item)
         return out
-
-    def _start(self, sid: str) -> None:
-        st = self.state[sid]
-        st.status = StepStatus.RUNNING
-        st.attempts += 1
-        self.running.add(sid)
-        if self.group_of:
-            g = self.group_of.get(sid)
-            if g is not None:
-                self.group_running[g] += 1
-        if len(self.running) > self.max_concurrency:
-            self.max_concurrency = len(self.running)
 
     # --- recording results -------------------------------------------------------------------------
     def finish(self, sid: str, status: StepStatus, now: float, *, retry_delay: float | None = None,
@@ -397,8 +393,12 @@ def simulate(ws: Workstream, *, max_workers: int | None = None,
     events: list[tuple[float, int, str]] = []
     plan: list[tuple[str, float, float]] = []
     seq = 0
-    while not sched.done:
-        for sid in take_ready(now):
+    heap, running, cap = sched._heap, sched.running, sched.max_workers
+    succeeded = StepStatus.SUCCEEDED
+    while running or sched.pending_or_running:   # `done`, for a run that is never stopped
+        # take_ready hands out nothing without a free slot and a ready step: no call then (a
+        # 100 000-step dry-run comes here once per step)
+        for sid in (take_ready(now) if heap and len(running) < cap else ()):
             d = durations.get(sid)
             if d is None:
                 estimate = sched.steps[sid].estimated_duration
@@ -406,10 +406,10 @@ def simulate(ws: Workstream, *, max_workers: int | None = None,
             heappush(events, (now + d, seq, sid))
             seq += 1
             plan.append((sid, now, now + d))
-        wake = next_wakeup(now)
+        wake = next_wakeup(now) if sched._token_blocked or sched._earliest_retry is not None else None
         if events and (wake is None or events[0][0] <= wake):
             now, _, sid = heappop(events)
-            finish(sid, StepStatus.SUCCEEDED, now)
+            finish(sid, succeeded, now)
         elif wake is not None:
             now = wake
         elif not events:
