@@ -67,11 +67,12 @@ def replace(obj: T, **changes: Any) -> T:
 
 
 def _fill(obj: Any, values: dict[str, Any]) -> None:
-    if hasattr(obj, "__dict__"):
-        obj.__dict__.update(values)
-    else:
+    """Set the fields past a frozen `__setattr__`: the instance dict at once, or slot by slot."""
+    if type(obj).__record_slotted__:
         for name, value in values.items():
             object.__setattr__(obj, name, value)
+    else:
+        obj.__dict__.update(values)
 
 
 def _make(cls: type, frozen: bool, slots: bool) -> type:
@@ -143,11 +144,7 @@ def _init(self, *args: Any, **kwargs: Any) -> None:
             raise TypeError(f"{cls.__name__}() got no field {unknown[0]!r}")
         missing = next(n for n in names if n not in values)
         raise TypeError(f"{cls.__name__}() missing the argument {missing!r}")
-    if cls.__record_slotted__:
-        for name, value in values.items():
-            object.__setattr__(self, name, value)
-    else:
-        self.__dict__.update(values)
+    _fill(self, values)
 
 
 def _values(self) -> tuple[Any, ...]:
