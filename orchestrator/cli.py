@@ -15,7 +15,6 @@ import click
 
 from . import __version__, commands, drawing
 from .errors import OrchestratorError, UsageError
-from .model import Workstream
 
 EXAMPLES = {
     "run": "  orchestrator run --ws-id ws-example-02-parallel-execution\n"
@@ -32,15 +31,6 @@ EXAMPLES = {
 
 def _help(name: str, text: str) -> str:
     return f"{text}\n\n\b\nExamples:\n{EXAMPLES[name]}"
-
-
-def _load(file: str | None, ws_id: str | None, workstreams_dir: str | None, *,
-          on_conflict: str = "error") -> Workstream:
-    return commands.load(file, ws_id, workstreams_dir, on_conflict=on_conflict)
-
-
-def _worktrees(override: str | None) -> Path:
-    return commands.worktrees(override)
 
 
 def workstream_source(f):
@@ -115,7 +105,7 @@ def validate(**options) -> None:
 @click.option("--worktrees-dir", metavar="DIR", help="Where run directories are (default ./.worktrees).")
 def status(ws_id, run_id, as_json, watch, worktrees_dir) -> None:
     from .status import overview, read_status, render_one
-    root = _worktrees(worktrees_dir)
+    root = commands.worktrees(worktrees_dir)
     if watch is not None and watch <= 0:
         raise UsageError("--watch must be a positive number of seconds")
     while True:
@@ -143,7 +133,7 @@ def status(ws_id, run_id, as_json, watch, worktrees_dir) -> None:
               show_default=True)
 @click.option("-o", "--output", metavar="FILE", help="Write here instead of stdout (required for png).")
 def graph(file, ws_id, workstreams_dir, fmt, output) -> None:
-    ws = _load(file, ws_id, workstreams_dir, on_conflict="serialize")
+    ws = commands.load(file, ws_id, workstreams_dir, on_conflict="serialize")
     if fmt == "mermaid":
         text = drawing.mermaid(ws)
     else:
