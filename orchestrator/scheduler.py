@@ -98,18 +98,22 @@ class Scheduler:
                                         # 2 ms of start-up that most runs never use)
         # each step's fields read once, in one pass: with 100 000 steps, every pass over the Step
         # objects costs more (cache misses) than the work done with what it reads
+        # the hot structures are lists by file position (a step's index), with ids only at the
+        # edges: with 100 000 steps, string-keyed lookups miss the caches at every step
         steps = ws.steps
-        ids = ws.step_ids
+        ids = self._ids = ws.step_ids
+        pos = self._pos = dict(zip(ids, range(len(ids))))
         deps_of = [s.depends_on for s in steps]
         self.steps = dict(zip(ids, steps))
-        self.state: dict[str, StepState] = dict(zip(ids, [StepState() for _ in ids]))
-        self.dependents: dict[str, list[str]] = {sid: [] for sid in ids}
-        dependents = self.dependents
-        for sid, deps in zip(ids, deps_of):
+        states = self._states = [StepState() for _ in ids]
+        self.state: dict[str, StepState] = dict(zip(ids, states))
+        dependents: list[list[int]] = [[] for _ in ids]
+        for i, deps in enumerate(deps_of):
             for d in deps:
-                dependents[d].append(sid)
+                dependents[pos[d]].append(i)
+        self._dependents = dependents
         prio = priorities or {}
-        self._key = {sid: (-s.priority, -prio.get(sid, 0.0), s.index) for sid, s in zip(ids, steps)}
+        self._keys = [(-s.priority, -prio.get(sid, 0.0), s.index) for sid, s in zip(ids, steps)]
         self.group_of: dict[str, str] = {}
         self.group_cap: dict[str, int] = {}
         self.group_policy: dict[str, OnFailure | None] = {}
@@ -134,7 +138,7 @@ class Scheduler:
         self.max_concurrency = 0
         self._earliest_retry: float | None = None  # the last take_ready saw a retry delay end here
         self._token_blocked = False       # the last take_ready stopped for the rate limiter
-        self.unmet = dict(zip(ids, map(len, deps_of)))
+        unmet = self._unmet = list(map(len, deps_of))
         kept = set(keep) & self.state.keys()
         self.pending_or_running = len(self.state) - len(kept)
         for sid, n in (earlier_attempts or {}).items():
@@ -142,13 +146,15 @@ class Scheduler:
                 self.state[sid].earlier_attempts = n
         for sid in kept:  # resumed runs: earlier successes count as done
             self.state[sid].status = StepStatus.SUCCEEDED
-            for dep in self.dependents[sid]:
-                self.unmet[dep] -= 1
+            for j in dependents[pos[sid]]:
+                unmet[j] -= 1
         # keys are unique (they end with the file position), so the pop order is the same
         # whichever way the heap is built
-        ready = [(self._key[sid], sid) for sid, n in self.unmet.items() if n == 0 and sid not in kept]
+        keys = self._keys
+        kept_at = {pos[sid] for sid in kept}
+        ready = [(keys[i], i) for i, n in enumerate(unmet) if n == 0 and i not in kept_at]
         heapify(ready)
-        self._heap: list[tuple[tuple, str]] = ready
+        self._heap: list[tuple[tuple, int]] = ready
         # most workstreams have no groups, no serialized pairs and no rate limit: the hot loops
         # then skip those checks (a 100 000-step dry-run simulates every start and end)
         self._constrained = bool(self.group_of or self.conflicts)
@@ -219,19 +225,20 @@ class Scheduler:
         cap = self.max_workers if limit is None else max(0, min(limit, self.max_workers))
         self._token_blocked = False
         self._earliest_retry = None
-        aside: list[tuple[tuple, str]] = []
-        heap, state, running = self._heap, self.state, self.running
+        aside: list[tuple[tuple, int]] = []
+        heap, states, ids, running = self._heap, self._states, self._ids, self.running
         constrained, limited, pending = self._constrained, self._limited, StepStatus.PENDING
         while heap and len(running) < cap:
-            key, sid = heappop(heap)
-            st = state[sid]
+            item = heappop(heap)
+            st = states[item[1]]
             if st.status is not pending:
                 continue  # blocked or skipped while it waited
+            sid = ids[item[1]]
             if (constrained or st.not_before > now) and not self._may_start(sid, now):
-                aside.append((key, sid))
+                aside.append(item)
                 continue
             if limited and not self.bucket.take(now):
-                aside.append((key, sid))
+                aside.append(item)
                 self._token_blocked = True
                 break
             st.status = StepStatus.RUNNING   # started: marked running, its attempt counted
@@ -272,11 +279,11 @@ class Scheduler:
             self.pending_or_running -= 1
             if self.circuit_threshold:
                 self.tool_failures[self.steps[sid].tool] = 0
-            unmet, heap, key, state = self.unmet, self._heap, self._key, self.state
-            for dep in self.dependents[sid]:
-                left = unmet[dep] = unmet[dep] - 1
-                if left == 0 and state[dep].status is StepStatus.PENDING:
-                    heappush(heap, (key[dep], dep))
+            unmet, heap, keys, states = self._unmet, self._heap, self._keys, self._states
+            for j in self._dependents[self._pos[sid]]:
+                left = unmet[j] = unmet[j] - 1
+                if left == 0 and states[j].status is StepStatus.PENDING:
+                    heappush(heap, (keys[j], j))
             return out
         step = self.steps[sid]
         if status in _FAILED and st.attempts <= step.retries and not self.stopping:
@@ -284,7 +291,8 @@ class Scheduler:
             delay = base * (2 ** (st.attempts - 1)) * (1.0 + 0.1 * self._jitter_rng().random())
             st.status = StepStatus.PENDING
             st.not_before = now + delay
-            heappush(self._heap, (self._key[sid], sid))
+            i = self._pos[sid]
+            heappush(self._heap, (self._keys[i], i))
             out.retry_at = st.not_before
             return out
         st.status = status
@@ -302,10 +310,11 @@ class Scheduler:
         """Every pending step that (transitively) depends on `sid` becomes blocked."""
         changes: list[Change] = []
         stack = [sid]
+        ids, pos, states = self._ids, self._pos, self._states
         while stack:
             cur = stack.pop()
-            for dep in self.dependents[cur]:
-                st = self.state[dep]
+            for j in self._dependents[pos[cur]]:
+                dep, st = ids[j], states[j]
                 if st.status is not StepStatus.PENDING:
                     if st.status is StepStatus.BLOCKED and cur not in st.blocked_by:
                         st.blocked_by.append(cur)
