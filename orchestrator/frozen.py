@@ -11,8 +11,8 @@ class costs what a plain class costs.
 What a record offers is what this project used of dataclasses: fields in declaration order (from the
 class annotations) with defaults and `factory(...)` defaults, positional or keyword construction,
 `repr`, field-wise `==` and (frozen) `hash`, `FrozenInstanceError` on assignment, pickling, and the
-module functions `fields(cls)` and `replace(obj, **changes)`. `slots=True` gives a class `__slots__`
-(for the scheduler's per-step state, which is made and read thousands of times).
+module functions `fields(cls)` and `replace(obj, **changes)`. (Classes that want `__slots__`, as the
+scheduler's per-step state, are written by hand.)
 """
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ class factory:
 _MISSING = object()
 
 
-def record(cls: type | None = None, *, frozen: bool = True, slots: bool = False):
+def record(cls: type | None = None, *, frozen: bool = True):
     """Make `cls` a record (see the module doc). `frozen=False`: fields may be assigned."""
     def wrap(c: type) -> type:
-        return _make(c, frozen, slots)
+        return _make(c, frozen)
     return wrap if cls is None else wrap(cls)
 
 
@@ -58,24 +58,16 @@ def defaults(cls: type) -> dict[str, Any]:
 def replace(obj: T, **changes: Any) -> T:
     """A copy of `obj` with some fields changed (as `dataclasses.replace`)."""
     cls = type(obj)
-    unknown = set(changes) - set(cls.__record_fields__)
+    unknown = changes.keys() - cls.__record_set__
     if unknown:
         raise TypeError(f"{cls.__name__} has no field {sorted(unknown)[0]!r}")
     new = object.__new__(cls)
-    _fill(new, {**{n: getattr(obj, n) for n in cls.__record_fields__}, **changes})
+    # straight into the instance dict, past a frozen __setattr__
+    new.__dict__.update({n: getattr(obj, n) for n in cls.__record_fields__}, **changes)
     return new
 
 
-def _fill(obj: Any, values: dict[str, Any]) -> None:
-    """Set the fields past a frozen `__setattr__`: the instance dict at once, or slot by slot."""
-    if type(obj).__record_slotted__:
-        for name, value in values.items():
-            object.__setattr__(obj, name, value)
-    else:
-        obj.__dict__.update(values)
-
-
-def _make(cls: type, frozen: bool, slots: bool) -> type:
+def _make(cls: type, frozen: bool) -> type:
     names: list[str] = []
     for base in reversed(cls.__mro__[1:]):
         for name in getattr(base, "__record_fields__", ()):
@@ -93,9 +85,8 @@ def _make(cls: type, frozen: bool, slots: bool) -> type:
         elif value is not _MISSING:
             plain[name] = value
     table = dict(__record_fields__=tuple(names), __record_set__=frozenset(names),
-                 __record_slotted__=slots, __record_defaults__=plain,
-                 __record_factories__=made, __init__=_init, __repr__=_repr, __eq__=_eq,
-                 __match_args__=tuple(names))
+                 __record_defaults__=plain, __record_factories__=made, __init__=_init,
+                 __repr__=_repr, __eq__=_eq, __match_args__=tuple(names))
     if frozen:
         table.update(__setattr__=_frozen_set, __delattr__=_frozen_del, __hash__=_hash)
     else:
@@ -103,20 +94,12 @@ def _make(cls: type, frozen: bool, slots: bool) -> type:
     for own_method in ("__init__", "__repr__", "__eq__"):  # written by the class: its own wins
         if own_method in cls.__dict__:
             del table[own_method]
-    if not slots:  # the class itself, as dataclasses does without slots
-        for name in made:
-            if name in cls.__dict__:
-                delattr(cls, name)
-        for key, value in table.items():
-            setattr(cls, key, value)
-        return cls
-    # __slots__ must be there when the class is made: a new class with the same body
-    body = {k: v for k, v in cls.__dict__.items()
-            if k not in ("__dict__", "__weakref__") and k not in names}
-    body.update(table, __slots__=tuple(own), __getstate__=_getstate, __setstate__=_setstate)
-    new = type(cls)(cls.__name__, cls.__bases__, body)
-    new.__qualname__ = cls.__qualname__
-    return new
+    for name in made:  # factory defaults live in the table, not on the class
+        if name in cls.__dict__:
+            delattr(cls, name)
+    for key, value in table.items():
+        setattr(cls, key, value)
+    return cls
 
 
 def _init(self, *args: Any, **kwargs: Any) -> None:
@@ -144,7 +127,7 @@ def _init(self, *args: Any, **kwargs: Any) -> None:
             raise TypeError(f"{cls.__name__}() got no field {unknown[0]!r}")
         missing = next(n for n in names if n not in values)
         raise TypeError(f"{cls.__name__}() missing the argument {missing!r}")
-    _fill(self, values)
+    self.__dict__.update(values)      # past a frozen __setattr__
 
 
 def _values(self) -> tuple[Any, ...]:
@@ -172,12 +155,3 @@ def _frozen_set(self, name: str, value: Any) -> None:
 
 def _frozen_del(self, name: str) -> None:
     raise FrozenInstanceError(f"cannot delete field {name!r} of a frozen {type(self).__name__}")
-
-
-def _getstate(self) -> tuple[Any, ...]:
-    return _values(self)
-
-
-def _setstate(self, state: tuple[Any, ...]) -> None:
-    for name, value in zip(type(self).__record_fields__, state):
-        object.__setattr__(self, name, value)
