@@ -74,19 +74,13 @@ class StepRecord:
             d["peak_rss_bytes"] = max(d["peak_rss_bytes"] or 0, result.peak_rss_bytes)
         if result.cpu_time_s is not None:
             d["cpu_time_s"] = round((d["cpu_time_s"] or 0.0) + result.cpu_time_s, 4)
-        changed = d.get("_changed")
-        if changed is not None:
-            changed.add(d["step_id"])
+        _report_change(d)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # a change of a field is reported to the StateJson that writes this step (fields are
-        # replaced, never changed in place)
         d = self.__dict__
         d[name] = value
         if name[0] != "_":
-            changed = d.get("_changed")
-            if changed is not None:
-                changed.add(d["step_id"])
+            _report_change(d)
 
     def state_entry(self, secrets: tuple[str, ...]) -> str:
         """`"<id>":{...}`, this step's part of the compact state.json (secrets masked)."""
@@ -123,6 +117,14 @@ class StepRecord:
         rec.peak_rss_bytes, rec.cpu_time_s = d.get("peak_rss_bytes"), d.get("cpu_time_s")
         rec.definition_hash = d.get("definition_hash") or ""
         return rec
+
+
+def _report_change(d: dict[str, Any]) -> None:
+    """Tell the StateJson that writes this step (its `_changed` set) that a field changed: fields
+    are replaced, never changed in place, so assignments are all there is to see."""
+    changed = d.get("_changed")
+    if changed is not None:
+        changed.add(d["step_id"])
 
 
 _FRESH = defaults(StepRecord)
