@@ -164,9 +164,9 @@ def graph(file, ws_id, workstreams_dir, fmt, output) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The whole command line through click (`entry.main` comes here for what it does not parse
     itself): the process ends here. Tests drive `cli` instead."""
-    from .entry import _exit_now
+    from .entry import exit_now
     try:
         cli.main(args=argv, prog_name="orchestrator")
     except SystemExit as e:
-        _exit_now(e.code)
+        exit_now(e.code)
         raise

@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         from .cli import main as click_main
         click_main(args)
         return
-    _exit_now(code)
+    exit_now(code)
     sys.exit(code)
 
 
@@ -150,7 +150,7 @@ def run_fast(args: list[str]) -> int | None:
         return 1
 
 
-def _exit_now(code: object) -> None:
+def exit_now(code: object) -> None:
     """End the process without the interpreter's teardown, which frees every object and module one
     by one: ~10 ms after any command, more after a big workstream. By now every file this command
     wrote is closed (the store writes through raw descriptors). Skipped whenever the teardown could

@@ -324,7 +324,7 @@ def test_python_m_orchestrator_validate(make_workstream, project):
 
 
 def test_a_process_that_skips_the_teardown_still_delivers_all_its_output(make_workstream, project):
-    # the entry point ends the process with os._exit (cli._exit_now): through a pipe, a large output
+    # the entry point ends the process with os._exit (entry.exit_now): through a pipe, a large output
     # must still arrive whole, byte for byte what the in-process command prints, and every exit code
     # must be the command's own
     steps = [{"id": f"s{i:03d}", "depends_on": [f"s{i - 1:03d}"] if i else []} for i in range(400)]
