@@ -9,7 +9,6 @@ and writes the file.
 from __future__ import annotations
 
 
-from .graph import remaining_path
 from .model import Workstream
 
 TYPE_CHECKING = False
@@ -22,17 +21,20 @@ DEFAULT_DURATION = 1.0
 
 def durations(ws: Workstream, history: Mapping[str, Any] | None) -> dict[str, float]:
     """Each step's expected duration: history (same definition) > estimated_duration > 1."""
+    return dict(zip(ws.step_ids, expected(ws, history)))
+
+
+def expected(ws: Workstream, history: Mapping[str, Any] | None) -> list[float]:
+    """`durations` by file position."""
+    out = [DEFAULT_DURATION if s.estimated_duration is None else float(s.estimated_duration)
+           for s in ws.steps]
     known = (history or {}).get("steps") or {}
-    out: dict[str, float] = {}
-    for s in ws.steps:
-        h = known.get(s.id)
-        if h is not None and isinstance(h, dict) and h.get("definition_hash") == s.definition_hash() \
-                and isinstance(h.get("duration_s"), (int, float)):
-            out[s.id] = float(h["duration_s"])
-        elif s.estimated_duration is not None:
-            out[s.id] = float(s.estimated_duration)
-        else:
-            out[s.id] = DEFAULT_DURATION
+    if known:
+        for i, s in enumerate(ws.steps):
+            h = known.get(s.id)
+            if h is not None and isinstance(h, dict) and h.get("definition_hash") == s.definition_hash() \
+                    and isinstance(h.get("duration_s"), (int, float)):
+                out[i] = float(h["duration_s"])
     return out
 
 
@@ -64,5 +66,5 @@ def priorities(ws: Workstream, history: Mapping[str, Any] | None, workers: int) 
     """
     if workers <= 1:
         return {}
-    deps = {s.id: list(s.depends_on) for s in ws.steps}
-    return remaining_path(deps, ws.step_ids, durations(ws, history))
+    rp, _ = ws.links.longest_paths(expected(ws, history))
+    return dict(zip(ws.step_ids, rp))

@@ -135,10 +135,15 @@ def _parse(doc: Doc, project_root: Path, expected_id: str | None, environ: Mappi
                         ("id",), "the id must equal the file name without .json")])
     index = _check_unique(doc, steps)
     deps = {s["id"]: tuple(dict.fromkeys(s.get("depends_on", ()))) for s in steps}
-    _check_dependencies(doc, steps, index, deps)
+    try:
+        # the scheduler's and the plan's graph, made here once: it looks up every dependency
+        links = graph.StepLinks(tuple(index), list(deps.values()), index)
+    except KeyError:
+        _check_dependencies(doc, steps, index, deps)    # says which and where
+        raise
     _check_tools(doc, steps, data.get("tools", {}))
     _check_references(doc, steps, deps)
-    cycle = graph.find_cycle(deps)
+    cycle = None if links.in_file_order else graph.find_cycle(deps)
     if cycle:
         doc.fail([Issue("dependency cycle: " + " -> ".join(cycle),
                         ("steps", index[cycle[0]], "depends_on"))])
@@ -151,6 +156,7 @@ def _parse(doc: Doc, project_root: Path, expected_id: str | None, environ: Mappi
         description=data.get("description", ""), source=doc.source,
         tools={name: Tool(name=name, command=tuple(t["command"]), env=dict(t.get("env", {})))
                for name, t in data.get("tools", {}).items()})
+    vars(ws).update(links=links, step_ids=links.ids)     # Workstream's cached properties, known
     if on_conflict == "error":
         conflicts = scopes.scope_conflicts(ws)
         doc.check([Issue(c.describe(), ("steps", index[c.step_b], "files_scope"),
@@ -176,8 +182,7 @@ def _check_unique(doc: Doc, steps: list[dict[str, Any]]) -> dict[str, int]:
 
 def _check_dependencies(doc: Doc, steps: list[dict[str, Any]], index: Mapping[str, int],
                         deps: Mapping[str, Sequence[str]]) -> None:
-    if all(map(index.__contains__, chain.from_iterable(deps.values()))):
-        return                             # the usual answer, found in C; the loop below says where
+    """Called when some dependency is unknown (`StepLinks` found it in C): which, and where."""
     issues = []
     for i, s in enumerate(steps):
         for k, d in enumerate(s.get("depends_on", ())):

@@ -27,6 +27,7 @@ from .frozen import factory, record
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Mapping
+    from .graph import StepLinks
 
 # SHA-256 from CPython's own implementation where it has one: `hashlib` loads OpenSSL first, 4-7 ms of
 # every run's start-up for one digest a step. The digests are the same.
@@ -227,6 +228,12 @@ class Workstream:
     def step_ids(self) -> tuple[str, ...]:
         """The ids in file order (made once: a pass over 100 000 steps costs ~50 ms)."""
         return tuple(s.id for s in self.steps)
+
+    @cached_property
+    def links(self) -> StepLinks:
+        """The dependency graph over file positions (`graph.StepLinks`), made once."""
+        from .graph import StepLinks
+        return StepLinks(self.step_ids, [s.depends_on for s in self.steps])
 
 
 # --- the process boundary -------------------------------------------------------------------------

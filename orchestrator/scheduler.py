@@ -24,6 +24,8 @@ the remaining steps of a tool after N consecutive failed steps of it. `stop()` i
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
+from itertools import repeat
+from operator import neg
 
 from .frozen import record
 from .model import OnFailure, StepStatus, Workstream
@@ -31,7 +33,7 @@ from .ratelimit import TokenBucket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Iterable, Mapping
+    from typing import Iterable, Mapping, Sequence
     import random
 
 _FAILED = (StepStatus.FAILED, StepStatus.TIMED_OUT)
@@ -78,6 +80,17 @@ class Outcome:
         return f"Outcome(retry_at={self.retry_at!r}, changes={self.changes!r}, cancel={self.cancel!r})"
 
 
+def _slots(ws: Workstream, max_workers: int | None) -> int:
+    return max(1, max_workers if max_workers is not None else ws.execution.effective_workers)
+
+
+def _keys(ws: Workstream, rank: list[float]) -> list[tuple[int, float, int]]:
+    """Each step's place in the ready heap, by file position: higher `priority` first, then the
+    higher rank (the remaining path), then file order. Unique, so the pop order is the same
+    whichever way the heap is built."""
+    return list(zip(map(neg, [s.priority for s in ws.steps]), map(neg, rank), range(len(rank))))
+
+
 class Scheduler:
     def __init__(self, ws: Workstream, *, max_workers: int | None = None,
                  on_failure: OnFailure | None = None,
@@ -89,31 +102,26 @@ class Scheduler:
                  rng: random.Random | None = None):
         ex = ws.execution
         self.ws = ws
-        self.max_workers = max(1, max_workers if max_workers is not None else ex.effective_workers)
+        self.max_workers = _slots(ws, max_workers)
         self.on_failure = on_failure or ex.on_failure
         self.circuit_threshold = ex.circuit_breaker_threshold
         interval = ex.min_start_interval if min_start_interval is None else min_start_interval
         self.bucket = TokenBucket(interval)
         self._rng = rng                 # the retry jitter's; made on the first retry (`random` is
                                         # 2 ms of start-up that most runs never use)
-        # each step's fields read once, in one pass: with 100 000 steps, every pass over the Step
-        # objects costs more (cache misses) than the work done with what it reads
         # the hot structures are lists by file position (a step's index), with ids only at the
-        # edges: with 100 000 steps, string-keyed lookups miss the caches at every step
+        # edges: with 100 000 steps, string-keyed lookups miss the caches at every step, and every
+        # pass over the Step objects costs more than the work done with what it reads
         steps = ws.steps
         ids = self._ids = ws.step_ids
-        pos = self._pos = dict(zip(ids, range(len(ids))))
-        deps_of = [s.depends_on for s in steps]
+        links = ws.links
+        pos = self._pos = links.pos
+        dependents = self._dependents = links.dependents     # shared with the path passes: read only
         self.steps = dict(zip(ids, steps))
         states = self._states = [StepState() for _ in ids]
         self.state: dict[str, StepState] = dict(zip(ids, states))
-        dependents: list[list[int]] = [[] for _ in ids]
-        for i, deps in enumerate(deps_of):
-            for d in deps:
-                dependents[pos[d]].append(i)
-        self._dependents = dependents
         prio = priorities or {}
-        self._keys = [(-s.priority, -prio.get(sid, 0.0), s.index) for sid, s in zip(ids, steps)]
+        self._keys = _keys(ws, list(map(prio.get, ids, repeat(0.0))))
         self.group_of: dict[str, str] = {}
         self.group_cap: dict[str, int] = {}
         self.group_policy: dict[str, OnFailure | None] = {}
@@ -138,7 +146,7 @@ class Scheduler:
         self.max_concurrency = 0
         self._earliest_retry: float | None = None  # the last take_ready saw a retry delay end here
         self._token_blocked = False       # the last take_ready stopped for the rate limiter
-        unmet = self._unmet = list(map(len, deps_of))
+        unmet = self._unmet = list(map(len, links.deps))
         kept = set(keep) & self.state.keys()
         self.pending_or_running = len(self.state) - len(kept)
         for sid, n in (earlier_attempts or {}).items():
@@ -391,30 +399,94 @@ def simulate(ws: Workstream, *, max_workers: int | None = None,
              priorities: Mapping[str, float] | None = None,
              durations: Mapping[str, float] | None = None,
              serialize: Iterable[tuple[str, str]] = ()) -> list[tuple[str, float, float]]:
-    """Run the scheduler on a fake clock where every step succeeds after its estimated duration.
+    """Run the scheduler on a fake clock where every step succeeds after its estimated duration
+    (`durations`, else `estimated_duration`, else 1 s).
 
     Returns `(step_id, start, end)` in start order: the plan `--dry-run` prints.
     """
-    durations = durations or {}
-    sched = Scheduler(ws, max_workers=max_workers, priorities=priorities, serialize=serialize)
+    ids = ws.step_ids
+    known = durations or {}
+    took = [1.0 if s.estimated_duration is None else s.estimated_duration for s in ws.steps]
+    took = [t if d is None else d for t, d in zip(took, map(known.get, ids))]
+    prio = priorities or {}
+    order, starts, ends = timeline(ws, max_workers=max_workers, took=took,
+                                   rank=list(map(prio.get, ids, repeat(0.0))), serialize=serialize)
+    return [(ids[i], start, end) for i, start, end in zip(order, starts, ends)]
+
+
+def timeline(ws: Workstream, *, took: Sequence[float], rank: Sequence[float],
+             max_workers: int | None = None, serialize: Iterable[tuple[str, str]] = ()
+             ) -> tuple[list[int], list[float], list[float]]:
+    """`simulate` in columns, by file position: `took` is each step's duration and `rank` its
+    priority after `priority` (the remaining path); returns the steps in start order, and their
+    starts and ends."""
+    serialize = list(serialize)
+    if serialize or any(g.steps for g in ws.step_groups) or ws.execution.min_start_interval > 0:
+        sched = Scheduler(ws, max_workers=max_workers, serialize=serialize,
+                          priorities=dict(zip(ws.step_ids, rank)))
+        return _general_timeline(sched, took)
+    return _plain_timeline(ws, _slots(ws, max_workers), _keys(ws, list(rank)), took)
+
+
+def _plain_timeline(ws: Workstream, cap: int, keys: list[tuple[int, float, int]],
+                    took: Sequence[float]) -> tuple[list[int], list[float], list[float]]:
+    """The simulation for a workstream without groups, serialized pairs or a rate limit (nearly
+    all): what `take_ready` and `finish` do when every step succeeds, on the scheduler's keys,
+    dependents and unmet counts but without a `Scheduler` and its per-call work (a 100 000-step
+    dry-run simulates every start and end). `_general_timeline` gives the same answer
+    (tests/unit/test_scheduler.py compares them)."""
+    links = ws.links
+    dependents, unmet = links.dependents, list(map(len, links.deps))
+    heap = [keys[i] for i, n in enumerate(unmet) if n == 0]   # a key ends with its position
+    heapify(heap)
+    order: list[int] = []
+    starts: list[float] = []
+    ends: list[float] = []
+    events: list[tuple[float, int]] = []   # (end, start number): ties end in start order
+    now, running = 0.0, 0
+    while True:
+        # as take_ready: start the best ready steps while a slot is free
+        while heap and running < cap:
+            i = heappop(heap)[2]
+            end = now + took[i]
+            heappush(events, (end, len(order)))
+            order.append(i)
+            starts.append(now)
+            ends.append(end)
+            running += 1
+        if not events:
+            break
+        # as finish: one step ends (the next loop may start steps before the next end, even at
+        # the same time, exactly as the dispatcher's loop does)
+        now, k = heappop(events)
+        running -= 1
+        for j in dependents[order[k]]:
+            left = unmet[j] = unmet[j] - 1
+            if left == 0:
+                heappush(heap, keys[j])
+    return order, starts, ends
+
+
+def _general_timeline(sched: Scheduler, took: Sequence[float]
+                      ) -> tuple[list[int], list[float], list[float]]:
+    """The simulation through `take_ready`, `finish` and `next_wakeup`, for every workstream."""
     take_ready, finish, next_wakeup = sched.take_ready, sched.finish, sched.next_wakeup
+    pos = sched._pos
     now = 0.0
     events: list[tuple[float, int, str]] = []
-    plan: list[tuple[str, float, float]] = []
-    seq = 0
+    order: list[int] = []
+    starts: list[float] = []
+    ends: list[float] = []
     heap, running, cap = sched._heap, sched.running, sched.max_workers
     succeeded = StepStatus.SUCCEEDED
     while running or sched.pending_or_running:   # `done`, for a run that is never stopped
-        # take_ready hands out nothing without a free slot and a ready step: no call then (a
-        # 100 000-step dry-run comes here once per step)
+        # take_ready hands out nothing without a free slot and a ready step: no call then
         for sid in (take_ready(now) if heap and len(running) < cap else ()):
-            d = durations.get(sid)
-            if d is None:
-                estimate = sched.steps[sid].estimated_duration
-                d = 1.0 if estimate is None else estimate
-            heappush(events, (now + d, seq, sid))
-            seq += 1
-            plan.append((sid, now, now + d))
+            i = pos[sid]
+            heappush(events, (now + took[i], len(order), sid))
+            order.append(i)
+            starts.append(now)
+            ends.append(now + took[i])
         wake = next_wakeup(now) if sched._token_blocked or sched._earliest_retry is not None else None
         if events and (wake is None or events[0][0] <= wake):
             now, _, sid = heappop(events)
@@ -423,4 +495,4 @@ def simulate(ws: Workstream, *, max_workers: int | None = None,
             now = wake
         elif not events:
             break  # nothing can ever start (cannot happen for a validated workstream)
-    return plan
+    return order, starts, ends

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timezone
+from operator import gt
 
 from orchestrator.fmt import human_duration, parse_iso, progress_line
 
@@ -136,19 +137,28 @@ def _column_table(columns: list[list[str]], headers: list[str]) -> str:
 
 
 def render_plan(plan: Mapping[str, Any]) -> str:
-    """The `run --dry-run` plan: steps in start order with their wave, the waves, the critical path."""
-    steps = [s for s in plan.get("steps") or [] if isinstance(s, Mapping)]
+    """The `run --dry-run` plan (`plan.build_plan`): steps in start order with their wave, the
+    waves, the critical path. `plan["steps"]` holds one list per field, a row per step."""
+    cols = plan.get("steps") or {}
+    ids = list(map(str, cols.get("id") or []))
+    n = len(ids)
+
+    def column(name: str, default: Any) -> list[Any]:
+        values = list(cols.get(name) or [])[:n]
+        return values + [default] * (n - len(values))
+
+    starts = list(map(_number, column("start", 0.0)))
+    wave_no = column("wave", 0)
     waves = [list(w) for w in plan.get("waves") or []]
-    # Wave numbers are shown 1-based from the position in `waves`, so the table and the wave lines agree.
-    wave_of = {sid: n for n, wave in enumerate(waves, 1) for sid in wave}
-    starts = [_number(s.get("start")) for s in steps]
-    keys = list(zip(starts, [wave_of.get(s.get("id"), 0) for s in steps]))
-    if any(keys[i] > keys[i + 1] for i in range(len(keys) - 1)):  # usually already in start order
-        order = sorted(range(len(steps)), key=lambda i: (keys[i], i))
-        steps, starts = [steps[i] for i in order], [starts[i] for i in order]
+    rows: Any = range(n)
+    keys = list(zip(starts, wave_no))
+    if any(map(gt, keys, keys[1:])):                # usually already in start order
+        rows = sorted(rows, key=lambda i: (keys[i], i))
     cells: dict[float, str] = {}               # a plan repeats few distinct durations
 
     def duration(value: Any) -> str:
+        if value is None:
+            return "-"
         seconds = _number(value)
         if not seconds:                        # never memoised: 0.0 and -0.0 print differently
             return _duration_cell(seconds)
@@ -157,21 +167,23 @@ def render_plan(plan: Mapping[str, Any]) -> str:
             cell = cells[seconds] = _duration_cell(seconds)
         return cell
 
+    def pick(values: list[Any]) -> list[Any]:
+        return values if type(rows) is range else [values[i] for i in rows]
+
     columns = [
-        [str(s.get("id", "?")) for s in steps],
-        [str(wave_of.get(s.get("id"), s.get("wave", "-"))) for s in steps],
-        [f"+{start:.1f}s" for start in starts],
-        ["-" if s.get("estimated_duration") is None else duration(s["estimated_duration"])
-         for s in steps],
-        [str(s.get("priority", 0)) for s in steps],
-        [duration(s.get("remaining_path")) for s in steps],
-        [", ".join(s.get("depends_on") or []) or "-" for s in steps],
+        pick(ids),
+        pick(list(map(str, wave_no))),
+        pick(list(map("+{:.1f}s".format, starts))),
+        pick(list(map(duration, column("estimated_duration", None)))),
+        pick(list(map(str, column("priority", 0)))),
+        pick([duration(v or 0.0) for v in column("remaining_path", 0.0)]),
+        pick([", ".join(d) or "-" for d in column("depends_on", ())]),
     ]
     headers = ["step", "wave", "start", "estimate", "priority", "path left", "depends on"]
-    lines = [f"Plan for {plan.get('workstream_id', '?')}: {len(steps)} step{'s' if len(steps) != 1 else ''}"
+    lines = [f"Plan for {plan.get('workstream_id', '?')}: {n} step{'s' if n != 1 else ''}"
              f" in {len(waves)} wave{'s' if len(waves) != 1 else ''}, max_workers {plan.get('max_workers', '?')}",
              "", _column_table(columns, headers), ""]
-    lines += [f"wave {n}: {', '.join(wave)}" for n, wave in enumerate(waves, 1)]
+    lines += [f"wave {k}: {', '.join(wave)}" for k, wave in enumerate(waves, 1)]
     path = plan.get("critical_path") or []
     lines += ["", f"Critical path: {' -> '.join(path) or '-'} ({human_duration(_number(plan.get('critical_path_s')))})",
               f"Estimated makespan: {human_duration(_number(plan.get('estimated_makespan_s')))}"]

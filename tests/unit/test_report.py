@@ -158,22 +158,20 @@ def test_status_of_an_empty_state_does_not_crash():
 # --- plan ----------------------------------------------------------------------------------------
 
 def test_plan_lists_steps_in_start_order_waves_and_critical_path():
+    # one list per field, rows not in start order (the renderer sorts them by start, then wave)
     plan = {"workstream_id": "ws", "max_workers": 2,
-            "steps": [{"id": "d", "depends_on": ["b", "c"], "wave": 2, "start": 3.0, "priority": 0,
-                       "remaining_path": 1.0, "estimated_duration": 1.0},
-                      {"id": "a", "depends_on": [], "wave": 0, "start": 0.0, "priority": 1,
-                       "remaining_path": 6.0, "estimated_duration": 2.0},
-                      {"id": "b", "depends_on": ["a"], "wave": 1, "start": 2.0, "priority": 0,
-                       "remaining_path": 4.0, "estimated_duration": 3.0},
-                      {"id": "c", "depends_on": ["a"], "wave": 1, "start": 2.0, "priority": 0,
-                       "remaining_path": 2.0, "estimated_duration": 1.0}],
+            "steps": {"id": ["d", "a", "b", "c"], "depends_on": [["b", "c"], [], ["a"], ["a"]],
+                      "wave": [3, 1, 2, 2], "start": [3.0, 0.0, 2.0, 2.0], "priority": [0, 1, 0, 0],
+                      "remaining_path": [1.0, 6.0, 4.0, 2.0],
+                      "estimated_duration": [1.0, 2.0, 3.0, 1.0]},
             "waves": [["a"], ["b", "c"], ["d"]], "critical_path": ["a", "b", "d"],
             "critical_path_s": 6.0, "estimated_makespan_s": 6.0}
     text = render_plan(plan)
     lines = text.splitlines()
     table_ids = [line.split()[0] for line in lines if re.match(r"^[abcd]\s", line)]
     assert table_ids == ["a", "b", "c", "d"]
-    assert re.search(r"^b\s+2\s+\+2\.0s", text, re.M)          # wave shown 1-based, from `waves`
+    assert re.search(r"^b\s+2\s+\+2\.0s\s+3\.0s\s+0\s+4\.0s\s+a$", text, re.M)
+    assert re.search(r"^a\s+1\s+\+0\.0s\s+2\.0s\s+1\s+6\.0s\s+-$", text, re.M)
     assert ["wave 1: a", "wave 2: b, c", "wave 3: d"] == [l for l in lines if l.startswith("wave ")]
     assert "Critical path: a -> b -> d (6.0s)" in lines
     assert "Estimated makespan: 6.0s" in lines

@@ -199,6 +199,42 @@ def test_simulate_prefers_the_critical_path():
     assert max(end for *_, end in plan) == 6
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_the_plain_simulation_is_the_scheduler_driven_one(seed):
+    # the dry-run's fast loop (_plain_timeline) must hand out exactly what take_ready/finish do:
+    # random DAGs with ties in durations and priorities, several worker counts
+    import random
+    from orchestrator.graph import remaining_path
+    from orchestrator.scheduler import _general_timeline, _plain_timeline
+    rng = random.Random(seed)
+    n = rng.randint(1, 60)
+    specs = []
+    for i in range(n):
+        deps = rng.sample([f"s{j}" for j in range(i)], min(i, rng.randint(0, 3)))
+        extra = {"estimated_duration": rng.choice([0.5, 1.0, 1.0, 2.0, 0.25 * rng.randint(1, 8)])}
+        if rng.random() < 0.2:
+            extra["priority"] = rng.randint(-1, 2)
+        specs.append((f"s{i}", deps, extra))
+    ws = ws_of(*specs, max_workers=rng.randint(1, 5))
+    deps = {s.id: list(s.depends_on) for s in ws.steps}
+    prio = remaining_path(deps, ws.step_ids, {s.id: s.estimated_duration for s in ws.steps}) \
+        if seed % 2 else {}
+    took = [s.estimated_duration for s in ws.steps]
+    sched = Scheduler(ws, priorities=prio)
+    plain = _plain_timeline(ws, sched.max_workers, sched._keys, took)
+    general = _general_timeline(sched, took)
+    assert plain == general
+    assert sorted(plain[0]) == list(range(n))          # every step starts once
+
+
+def test_a_constrained_workstream_is_simulated_through_the_scheduler():
+    # a sequential group: the plain loop does not know groups, the general one must be used
+    ws = ws_of(("a", []), ("b", []), ("c", []), max_workers=3,
+               groups=[StepGroup("g", ("a", "b"), execute="sequential")])
+    plan = simulate(ws)
+    assert [(sid, start) for sid, start, _ in plan] == [("a", 0.0), ("c", 0.0), ("b", 1.0)]
+
+
 def test_take_ready_limit_caps_running_steps():
     ws = ws_of(("a", []), ("b", []), ("c", []), max_workers=3)
     s = Scheduler(ws)
