@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timezone
+from itertools import repeat
 from operator import gt
 
 from orchestrator.fmt import human_duration, parse_iso, progress_line
@@ -128,11 +129,13 @@ def _number(value: Any) -> float:
 
 def _column_table(columns: list[list[str]], headers: list[str]) -> str:
     """tabulate's "simple" layout of string columns, built directly: tabulate needs ~70 µs a row,
-    too slow for the plan of a 100 000-step workstream. One format string pads a whole row in C."""
+    too slow for the plan of a 100 000-step workstream."""
     widths = [max(len(h), max(map(len, col), default=0)) for h, col in zip(headers, columns)]
     row = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [row.format(*headers).rstrip(), "  ".join("-" * w for w in widths)]
-    out.extend(map(str.rstrip, map(row.format, *columns)))
+    # each column padded in C, then each row joined (the last column needs no padding)
+    padded = [list(map(str.ljust, col, repeat(w))) for col, w in zip(columns[:-1], widths)]
+    out.extend(map(str.rstrip, map("  ".join, zip(*padded, columns[-1]))) if columns else ())
     return "\n".join(out)
 
 
@@ -144,28 +147,29 @@ def render_plan(plan: Mapping[str, Any]) -> str:
     n = len(ids)
 
     def column(name: str, default: Any) -> list[Any]:
-        values = list(cols.get(name) or [])[:n]
+        values = cols.get(name)
+        if isinstance(values, list) and len(values) == n:
+            return values
+        values = list(values or [])[:n]
         return values + [default] * (n - len(values))
 
-    starts = list(map(_number, column("start", 0.0)))
+    def numbers(values: list[Any]) -> list[float]:
+        return values if set(map(type, values)) <= {float} else list(map(_number, values))
+
+    def durations(values: list[Any]) -> list[str]:
+        # a plan repeats few distinct durations: each is formatted once (-0.0 as 0.0)
+        values = [None if v is None else _number(v) for v in values] \
+            if not set(map(type, values)) <= {float} else values
+        cells = {v: "-" if v is None else _duration_cell(v + 0.0) for v in set(values)}
+        return list(map(cells.__getitem__, values))
+
+    starts = numbers(column("start", 0.0))
     wave_no = column("wave", 0)
     waves = [list(w) for w in plan.get("waves") or []]
     rows: Any = range(n)
     keys = list(zip(starts, wave_no))
     if any(map(gt, keys, keys[1:])):                # usually already in start order
         rows = sorted(rows, key=lambda i: (keys[i], i))
-    cells: dict[float, str] = {}               # a plan repeats few distinct durations
-
-    def duration(value: Any) -> str:
-        if value is None:
-            return "-"
-        seconds = _number(value)
-        if not seconds:                        # never memoised: 0.0 and -0.0 print differently
-            return _duration_cell(seconds)
-        cell = cells.get(seconds)
-        if cell is None:
-            cell = cells[seconds] = _duration_cell(seconds)
-        return cell
 
     def pick(values: list[Any]) -> list[Any]:
         return values if type(rows) is range else [values[i] for i in rows]
@@ -174,10 +178,10 @@ def render_plan(plan: Mapping[str, Any]) -> str:
         pick(ids),
         pick(list(map(str, wave_no))),
         pick(list(map("+{:.1f}s".format, starts))),
-        pick(list(map(duration, column("estimated_duration", None)))),
+        pick(durations(column("estimated_duration", None))),
         pick(list(map(str, column("priority", 0)))),
-        pick([duration(v or 0.0) for v in column("remaining_path", 0.0)]),
-        pick([", ".join(d) or "-" for d in column("depends_on", ())]),
+        pick(durations([v or 0.0 for v in column("remaining_path", 0.0)])),
+        pick([joined or "-" for joined in map(", ".join, column("depends_on", ()))]),
     ]
     headers = ["step", "wave", "start", "estimate", "priority", "path left", "depends on"]
     lines = [f"Plan for {plan.get('workstream_id', '?')}: {n} step{'s' if n != 1 else ''}"
