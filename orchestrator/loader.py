@@ -22,7 +22,7 @@ import os
 import posixpath
 import re
 from itertools import chain
-from operator import methodcaller
+from operator import itemgetter, methodcaller, ne
 from pathlib import Path
 
 from . import graph, scopes
@@ -134,7 +134,7 @@ def _parse(doc: Doc, project_root: Path, expected_id: str | None, environ: Mappi
         doc.fail([Issue(f"the id is '{data['id']}' but the file is named {expected_id}.json",
                         ("id",), "the id must equal the file name without .json")])
     index = _check_unique(doc, steps)
-    deps = {s["id"]: tuple(dict.fromkeys(s.get("depends_on", ()))) for s in steps}
+    deps = _dependencies(steps)
     try:
         # the scheduler's and the plan's graph, made here once: it looks up every dependency
         links = graph.StepLinks(tuple(index), list(deps.values()), index)
@@ -163,6 +163,14 @@ def _parse(doc: Doc, project_root: Path, expected_id: str | None, environ: Mappi
                          "add a depends_on between them, or run with --on-conflict serialize")
                    for c in conflicts])
     return ws
+
+
+def _dependencies(steps: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Each step's dependencies, each once (a step that names one twice is rare: looked for in C)."""
+    lists = list(map(tuple, map(methodcaller("get", "depends_on", ()), steps)))
+    if any(map(ne, map(len, lists), map(len, map(frozenset, lists)))):
+        lists = [tuple(dict.fromkeys(ds)) for ds in lists]
+    return dict(zip(map(itemgetter("id"), steps), lists))
 
 
 def _check_unique(doc: Doc, steps: list[dict[str, Any]]) -> dict[str, int]:
