@@ -19,7 +19,7 @@ from .globs import glob_overlap, normalize_glob
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping, Sequence
+    from typing import Any, Callable, Iterable, Mapping, Sequence
 
 __all__ = ["Conflict", "StepLinks", "critical_path", "dependents", "find_cycle", "glob_overlap",
            "longest_paths", "normalize_glob", "remaining_path", "scope_conflicts", "topological_order"]
@@ -74,23 +74,30 @@ class IndexedGraph:
     def topo(self) -> list[int]:
         """Kahn's algorithm with a heap keyed by file position; ValueError on a cycle."""
         n = len(self.names)
-        indeg = [self.dep_at[i + 1] - self.dep_at[i] for i in range(n)]
-        heap = [i for i in range(n) if indeg[i] == 0]     # ascending, so already a heap
-        out: list[int] = []
-        users, user_at = self.users, self.user_at
-        while heap:
-            i = heapq.heappop(heap)
-            out.append(i)
-            for u in users[user_at[i]:user_at[i + 1]]:
-                indeg[u] -= 1
-                if indeg[u] == 0:
-                    heapq.heappush(heap, u)
-        if len(out) != n:
-            cycle = find_cycle({self.names[i]: [self.names[d] for d in
-                                                self.deps[self.dep_at[i]:self.dep_at[i + 1]]]
-                                for i in range(n)})
-            raise ValueError("dependency cycle: " + " -> ".join(cycle or ["?"]))
-        return out
+        users, user_at, dep_at = self.users, self.user_at, self.dep_at
+        return _kahn([dep_at[i + 1] - dep_at[i] for i in range(n)],
+                     lambda i: users[user_at[i]:user_at[i + 1]],
+                     lambda: {self.names[i]: [self.names[d] for d in self.deps[dep_at[i]:dep_at[i + 1]]]
+                              for i in range(n)})
+
+
+def _kahn(unmet: list[int], users: Callable[[int], Iterable[int]],
+          graph: Callable[[], Mapping[str, Sequence[str]]]) -> list[int]:
+    """Topological order of nodes 0..n-1 from their dependency counts (`unmet`, consumed) and their
+    users; ties by node number. ValueError naming a cycle of `graph()` when there is one."""
+    heap = [i for i, k in enumerate(unmet) if k == 0]     # ascending, so already a heap
+    out: list[int] = []
+    while heap:
+        i = heapq.heappop(heap)
+        out.append(i)
+        for u in users(i):
+            unmet[u] -= 1
+            if unmet[u] == 0:
+                heapq.heappush(heap, u)
+    if len(out) != len(unmet):
+        cycle = find_cycle(graph())
+        raise ValueError("dependency cycle: " + " -> ".join(cycle or ["?"]))
+    return out
 
 
 class StepLinks:
@@ -126,21 +133,8 @@ class StepLinks:
         """Dependencies first; among steps ready together, file order. ValueError on a cycle."""
         if self.in_file_order:
             return range(len(self.ids))
-        unmet = list(map(len, self.deps))
-        heap = [i for i, k in enumerate(unmet) if k == 0]     # ascending, so already a heap
-        out: list[int] = []
-        users = self.dependents
-        while heap:
-            i = heapq.heappop(heap)
-            out.append(i)
-            for u in users[i]:
-                unmet[u] -= 1
-                if unmet[u] == 0:
-                    heapq.heappush(heap, u)
-        if len(out) != len(unmet):
-            cycle = find_cycle(dict(zip(self.ids, self.deps)))
-            raise ValueError("dependency cycle: " + " -> ".join(cycle or ["?"]))
-        return out
+        return _kahn(list(map(len, self.deps)), self.dependents.__getitem__,
+                     lambda: dict(zip(self.ids, self.deps)))
 
     def longest_paths(self, took: Sequence[float]) -> tuple[list[float], list[int]]:
         """Each step's remaining path (its duration in `took`, by position, plus the longest

@@ -104,6 +104,22 @@ def test_longest_paths_match_their_definition(data):
     assert critical_path(deps, listed, durations) == (path, rp[path[0]] if path else 0.0)
 
 
+def test_step_links_over_file_positions():
+    # listed dependents first: the file order is not topological, so topo() sorts (ties by position)
+    links = graph.StepLinks(("d", "b", "c", "a"), [("b", "c"), ("a",), ("a",), ()])
+    assert links.pos == {"d": 0, "b": 1, "c": 2, "a": 3}
+    assert links.dependents == [[], [0], [0], [1, 2]]            # ascending positions
+    assert not links.in_file_order and list(links.topo()) == [3, 1, 2, 0]
+    rp, path = links.longest_paths([1.0, 2.0, 3.0, 1.0])
+    assert rp == [1.0, 3.0, 4.0, 5.0] and path == [3, 2, 0]
+    ordered = graph.StepLinks(("a", "b"), [(), ("a",)])
+    assert ordered.in_file_order and list(ordered.topo()) == [0, 1]
+    with pytest.raises(ValueError, match="dependency cycle: a -> b -> a"):
+        graph.StepLinks(("a", "b"), [("b",), ("a",)]).topo()
+    with pytest.raises(KeyError):
+        graph.StepLinks(("a",), [("ghost",)])
+
+
 def test_find_cycle_in_a_file_listing_dependents_first():
     assert find_cycle({"c": ["b"], "b": ["a", "ghost"], "a": []}) is None
     assert find_cycle({"c": ["b"], "b": ["a"], "a": ["c"]}) == ["c", "b", "a", "c"]
