@@ -157,10 +157,14 @@ def exit_now(code: object) -> None:
     still matter: another thread alive (a kill thread in its grace period must finish), an exit
     handler registered (the live view restores the terminal), a Dask client (distributed cleans up
     at exit), or stdout/stderr that cannot be flushed (the normal exit reports it)."""
-    import atexit
-    import threading
-    if (not isinstance(code, int) and code is not None) or threading.active_count() > 1 \
-            or getattr(atexit, "_ncallbacks", lambda: 1)() or "distributed" in sys.modules:
+    if not isinstance(code, int) and code is not None:
+        return
+    # a module never imported has nothing to say (no thread was started through `threading`, no
+    # exit handler registered): importing them only to ask costs ~1 ms
+    threading, atexit = sys.modules.get("threading"), sys.modules.get("atexit")
+    if (threading is not None and threading.active_count() > 1) \
+            or (atexit is not None and getattr(atexit, "_ncallbacks", lambda: 1)()) \
+            or "distributed" in sys.modules:
         return
     try:
         sys.stdout.flush()

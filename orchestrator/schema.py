@@ -12,7 +12,6 @@ step at a time on big files. `schema_issues` turns its errors into `Issue`s a pe
 """
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -40,6 +39,7 @@ ID_RULE = ("use lowercase letters, digits, '.', '_' or '-', starting with a lett
 
 def load_schema(name: str) -> dict[str, Any]:
     """The JSON Schema shipped as package data: "workstream" or "results_summary" (a fresh copy)."""
+    import copy           # not on the path of a valid file: copy and weakref cost ~1 ms to import
     return copy.deepcopy(_schema(name))
 
 
