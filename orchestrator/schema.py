@@ -140,6 +140,15 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         return (re.compile(s["pattern"]).search if "pattern" in s else None,
                 s.get("minLength", 0))
 
+    def string_list_rules(s: Any) -> tuple[int, Callable[[str], Any] | None, int] | None:
+        """(minItems, pattern search, minLength) when `s` is a list of such strings and nothing else."""
+        s = target(s)
+        if not isinstance(s, dict) or s.get("type") != "array" or not (
+                s.keys() - _ANNOTATIONS <= {"type", "items", "minItems"}):
+            return None
+        rules = string_rules(s.get("items", True))
+        return None if rules is None else (s.get("minItems", 0), *rules)
+
     def fused(s: dict[str, Any]) -> Callable[[Any], bool] | None:
         """One closure for the common shapes (a string with a pattern, a list of such strings, an
         object of known properties): the type is tested once and lists are walked in C, where the
@@ -149,11 +158,11 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         rules = string_rules(s)
         if rules is not None:
             return functools.partial(_check_string, *rules)
+        list_rules = string_list_rules(s)
+        if list_rules is not None:
+            return functools.partial(_check_strings, *list_rules)
         if kind == "array" and keys <= {"type", "items", "minItems"}:
             items = s.get("items", True)
-            item_rules = string_rules(items)
-            if item_rules is not None:
-                return functools.partial(_check_strings, s.get("minItems", 0), *item_rules)
             item_object = object_rules(items)
             if item_object is not None:      # the steps: checked a field at a time, in C
                 required, props, extra = item_object
@@ -185,12 +194,9 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         rules = string_rules(s)
         if rules is not None:
             return functools.partial(_all_strings, *rules)
-        t = target(s)
-        if isinstance(t, dict) and t.get("type") == "array" and \
-                t.keys() - _ANNOTATIONS <= {"type", "items", "minItems"}:
-            item_rules = string_rules(t.get("items", True))
-            if item_rules is not None:
-                return functools.partial(_all_string_lists, t.get("minItems", 0), *item_rules)
+        list_rules = string_list_rules(s)
+        if list_rules is not None:
+            return functools.partial(_all_string_lists, *list_rules)
         return functools.partial(_all_valid, comp(s))
 
     def comp(s: Any) -> Callable[[Any], bool]:
@@ -272,14 +278,11 @@ def _check_string(search: Callable[[str], Any] | None, min_length: int, x: Any) 
 
 def _check_strings(min_items: int, search: Callable[[str], Any] | None, min_length: int,
                    x: Any) -> bool:
-    # map() keeps the loops in C; a Match is always true, so all(map(search, x)) tests each item.
-    return (isinstance(x, list) and len(x) >= min_items
-            and all(map(isinstance, x, repeat(str)))
-            and (min_length <= 0 or min(map(len, x), default=min_length) >= min_length)
-            and (search is None or all(map(search, x))))
+    return isinstance(x, list) and len(x) >= min_items and _all_strings(search, min_length, x)
 
 
 def _all_strings(search: Callable[[str], Any] | None, min_length: int, values: list[Any]) -> bool:
+    # map() keeps the loops in C; a Match is always true, so all(map(search, x)) tests each item.
     return (all(map(isinstance, values, repeat(str)))
             and (min_length <= 0 or min(map(len, values), default=min_length) >= min_length)
             and (search is None or all(map(search, values))))
