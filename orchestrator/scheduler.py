@@ -28,6 +28,7 @@ from itertools import repeat
 from operator import neg
 
 from .frozen import record
+from .history import expected
 from .model import OnFailure, StepStatus, Workstream
 from .ratelimit import TokenBucket
 
@@ -406,8 +407,7 @@ def simulate(ws: Workstream, *, max_workers: int | None = None,
     """
     ids = ws.step_ids
     known = durations or {}
-    took = [1.0 if s.estimated_duration is None else s.estimated_duration for s in ws.steps]
-    took = [t if d is None else d for t, d in zip(took, map(known.get, ids))]
+    took = [t if d is None else d for t, d in zip(expected(ws, None), map(known.get, ids))]
     prio = priorities or {}
     order, starts, ends = timeline(ws, max_workers=max_workers, took=took,
                                    rank=list(map(prio.get, ids, repeat(0.0))), serialize=serialize)
@@ -483,10 +483,11 @@ def _general_timeline(sched: Scheduler, took: Sequence[float]
         # take_ready hands out nothing without a free slot and a ready step: no call then
         for sid in (take_ready(now) if heap and len(running) < cap else ()):
             i = pos[sid]
-            heappush(events, (now + took[i], len(order), sid))
+            end = now + took[i]
+            heappush(events, (end, len(order), sid))
             order.append(i)
             starts.append(now)
-            ends.append(now + took[i])
+            ends.append(end)
         wake = next_wakeup(now) if sched._token_blocked or sched._earliest_retry is not None else None
         if events and (wake is None or events[0][0] <= wake):
             now, _, sid = heappop(events)
