@@ -153,13 +153,15 @@ def render_plan(plan: Mapping[str, Any]) -> str:
         values = list(values or [])[:n]
         return values + [default] * (n - len(values))
 
-    def numbers(values: list[Any]) -> list[float]:
-        return values if set(map(type, values)) <= {float} else list(map(_number, values))
+    def numbers(values: list[Any], unknown: Any = 0.0) -> list[Any]:
+        """As floats (the plan's own values already are); None stays `unknown`."""
+        if set(map(type, values)) <= {float}:
+            return values
+        return [unknown if v is None else _number(v) for v in values]
 
     def durations(values: list[Any]) -> list[str]:
         # a plan repeats few distinct durations: each is formatted once (-0.0 as 0.0)
-        values = [None if v is None else _number(v) for v in values] \
-            if not set(map(type, values)) <= {float} else values
+        values = numbers(values, unknown=None)
         cells = {v: "-" if v is None else _duration_cell(v + 0.0) for v in set(values)}
         return list(map(cells.__getitem__, values))
 
