@@ -113,12 +113,10 @@ class Scheduler:
         # the hot structures are lists by file position (a step's index), with ids only at the
         # edges: with 100 000 steps, string-keyed lookups miss the caches at every step, and every
         # pass over the Step objects costs more than the work done with what it reads
-        steps = ws.steps
         ids = self._ids = ws.step_ids
         links = ws.links
         pos = self._pos = links.pos
         dependents = self._dependents = links.dependents     # shared with the path passes: read only
-        self.steps = dict(zip(ids, steps))
         states = self._states = [StepState() for _ in ids]
         self.state: dict[str, StepState] = dict(zip(ids, states))
         prio = priorities or {}
@@ -287,14 +285,14 @@ class Scheduler:
             st.reason = error
             self.pending_or_running -= 1
             if self.circuit_threshold:
-                self.tool_failures[self.steps[sid].tool] = 0
+                self.tool_failures[self.ws.step(sid).tool] = 0
             unmet, heap, keys, states = self._unmet, self._heap, self._keys, self._states
             for j in self._dependents[self._pos[sid]]:
                 left = unmet[j] = unmet[j] - 1
                 if left == 0 and states[j].status is StepStatus.PENDING:
                     heappush(heap, (keys[j], j))
             return out
-        step = self.steps[sid]
+        step = self.ws.step(sid)
         if status in _FAILED and st.attempts <= step.retries and not self.stopping:
             base = step.retry_delay if retry_delay is None else retry_delay
             delay = base * (2 ** (st.attempts - 1)) * (1.0 + 0.1 * self._jitter_rng().random())
@@ -372,7 +370,7 @@ class Scheduler:
         if not self.circuit_threshold or n < self.circuit_threshold:
             return
         reason = f"circuit open for tool {tool} ({n} consecutive failed steps)"
-        skipped = self._skip([s for s, step in self.steps.items() if step.tool == tool], reason)
+        skipped = self._skip([s.id for s in self.ws.steps if s.tool == tool], reason)
         out.changes.extend(skipped)
         for ch in skipped:
             out.changes.extend(self._block_dependents(ch.step_id))
