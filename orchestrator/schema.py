@@ -131,23 +131,35 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
             s = resolve(s["$ref"])
         return s
 
+    def shaped(s: Any, kind: str, keywords: set[str]) -> dict[str, Any] | None:
+        """`s` (wrappers followed) when it is of type `kind` and uses no keyword beyond these."""
+        s = target(s)
+        if not isinstance(s, dict) or s.get("type") != kind or not s.keys() - _ANNOTATIONS <= keywords:
+            return None
+        return s
+
     def string_rules(s: Any) -> tuple[Callable[[str], Any] | None, int] | None:
         """(pattern search, minLength) when `s` is a string with nothing else to check."""
-        s = target(s)
-        if not isinstance(s, dict) or s.get("type") != "string" or not (
-                s.keys() - _ANNOTATIONS <= {"type", "pattern", "minLength"}):
+        s = shaped(s, "string", {"type", "pattern", "minLength"})
+        if s is None:
             return None
         return (re.compile(s["pattern"]).search if "pattern" in s else None,
                 s.get("minLength", 0))
 
     def string_list_rules(s: Any) -> tuple[int, Callable[[str], Any] | None, int] | None:
         """(minItems, pattern search, minLength) when `s` is a list of such strings and nothing else."""
-        s = target(s)
-        if not isinstance(s, dict) or s.get("type") != "array" or not (
-                s.keys() - _ANNOTATIONS <= {"type", "items", "minItems"}):
-            return None
-        rules = string_rules(s.get("items", True))
+        s = shaped(s, "array", {"type", "items", "minItems"})
+        rules = None if s is None else string_rules(s.get("items", True))
         return None if rules is None else (s.get("minItems", 0), *rules)
+
+    def strings(s: Any, one: Callable[..., bool], many: Callable[..., bool]
+                ) -> Callable[[Any], bool] | None:
+        """`one` for a string shape, `many` for a list of strings, with their rules; else None."""
+        rules = string_rules(s)
+        if rules is not None:
+            return functools.partial(one, *rules)
+        list_rules = string_list_rules(s)
+        return None if list_rules is None else functools.partial(many, *list_rules)
 
     def fused(s: dict[str, Any]) -> Callable[[Any], bool] | None:
         """One closure for the common shapes (a string with a pattern, a list of such strings, an
@@ -155,12 +167,9 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         general composition below calls a closure per keyword and per item."""
         keys = s.keys() - _ANNOTATIONS
         kind = s.get("type")
-        rules = string_rules(s)
-        if rules is not None:
-            return functools.partial(_check_string, *rules)
-        list_rules = string_list_rules(s)
-        if list_rules is not None:
-            return functools.partial(_check_strings, *list_rules)
+        quick = strings(s, _check_string, _check_strings)
+        if quick is not None:
+            return quick
         if kind == "array" and keys <= {"type", "items", "minItems"}:
             items = s.get("items", True)
             item_object = object_rules(items)
@@ -180,10 +189,8 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
     def object_rules(s: Any) -> tuple[tuple[str, ...], dict[str, Any], Any] | None:
         """(required, property schemas, additionalProperties or None) of an object of known
         properties with nothing else to check."""
-        s = target(s)
-        if not isinstance(s, dict) or s.get("type") != "object" or not (
-                s.keys() - _ANNOTATIONS <= {"type", "properties", "additionalProperties",
-                                            "required"}):
+        s = shaped(s, "object", {"type", "properties", "additionalProperties", "required"})
+        if s is None:
             return None
         extra = s.get("additionalProperties", True)
         return tuple(s.get("required", ())), s.get("properties", {}), None if extra is True else extra
@@ -191,13 +198,8 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
     def all_of(s: Any) -> Callable[[list[Any]], bool]:
         """"Is every value in this list valid?", with the loops in C for strings and lists of
         strings."""
-        rules = string_rules(s)
-        if rules is not None:
-            return functools.partial(_all_strings, *rules)
-        list_rules = string_list_rules(s)
-        if list_rules is not None:
-            return functools.partial(_all_string_lists, *list_rules)
-        return functools.partial(_all_valid, comp(s))
+        quick = strings(s, _all_strings, _all_string_lists)
+        return quick if quick is not None else functools.partial(_all_valid, comp(s))
 
     def comp(s: Any) -> Callable[[Any], bool]:
         if s is True:
