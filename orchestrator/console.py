@@ -18,7 +18,6 @@ import os
 import re
 import sys
 import time
-from pathlib import Path
 
 from .dispatcher import Reporter
 from .model import StepStatus, Workstream
@@ -56,7 +55,7 @@ class LogTail:
     that shrinks was truncated (the attempt was restarted on a new pool): read it again from the top.
     """
 
-    def __init__(self, step_id: str, path: Path, attempt: int, since: float):
+    def __init__(self, step_id: str, path: str, attempt: int, since: float):
         self.step_id = step_id
         self.path = path
         self.offset = 0
@@ -118,7 +117,8 @@ class LogTail:
         """The step ended before we saw its header (e.g. we read past it in a truncation race):
         read the finished log once more and take the lines after the last header of this attempt."""
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                data = f.read()
         except OSError:
             return []
         self.offset = len(data)
@@ -178,22 +178,22 @@ class PlainReporter(Reporter):
             self._forward(step_id)
 
     # --- events ------------------------------------------------------------------------------------
-    def run_started(self, ws: Workstream, run_id: str, run_dir: Path, workers: int) -> None:
+    def run_started(self, ws: Workstream, run_id: str, run_dir: str, workers: int) -> None:
         self._total = len(ws.steps)
         if not self.quiet:
             self._say(f"Run {run_id} of {ws.id}: {len(ws.steps)} steps, up to {workers} at once")
 
-    def step_started(self, step_id: str, attempt: int, log_path: Path | None = None) -> None:
+    def step_started(self, step_id: str, attempt: int, log_path: str | None = None) -> None:
         if not self.verbose or self.quiet:
             return
         extra = f" (attempt {attempt})" if attempt > 1 else ""
         self._say(plain_line(self.wall(), SYMBOLS["running"], step_id, f"started{extra}"))
         if log_path is not None:
             tail = self.tails.get(step_id)
-            if tail is not None and tail.path == Path(log_path):
+            if tail is not None and tail.path == os.fspath(log_path):
                 tail.restart(attempt, self.wall())
             else:
-                self.tails[step_id] = LogTail(step_id, Path(log_path), attempt, self.wall())
+                self.tails[step_id] = LogTail(step_id, os.fspath(log_path), attempt, self.wall())
 
     def step_finished(self, rec: StepRecord, done: int, total: int) -> None:
         self._done, self._total = done, total
@@ -230,7 +230,7 @@ class PlainReporter(Reporter):
     def message(self, text: str) -> None:
         self._say(text)            # warnings and interrupt notices: shown even with -q
 
-    def run_finished(self, summary: dict[str, Any], run_dir: Path) -> None:
+    def run_finished(self, summary: dict[str, Any], run_dir: str) -> None:
         for step_id in list(self.tails):
             self._forward(step_id, final=True)
         c = summary["summary"]
@@ -241,7 +241,7 @@ class PlainReporter(Reporter):
         self._say(summary_line(summary, run_dir))
 
 
-def summary_line(summary: dict[str, Any], run_dir: Path) -> str:
+def summary_line(summary: dict[str, Any], run_dir: str) -> str:
     """`SUCCEEDED: 3 succeeded in 1.2s (sequential 3.0s, speedup 2.50x) — report: ...`"""
     c = summary["summary"]
     parts = [f"{c[k]} {k.replace('_', ' ')}" for k in
@@ -249,7 +249,7 @@ def summary_line(summary: dict[str, Any], run_dir: Path) -> str:
              if c.get(k)]
     return (f"{summary['status'].upper()}: {', '.join(parts) or 'no steps'} in "
             f"{human_duration(c['wall_time_s'])} (sequential {human_duration(c['sequential_time_s'])}, "
-            f"speedup {c['speedup']:.2f}x) — report: {run_dir / 'execution_report.md'}")
+            f"speedup {c['speedup']:.2f}x) — report: {os.path.join(run_dir, 'execution_report.md')}")
 
 
 def _is_terminal(stream: Any) -> bool:

@@ -30,7 +30,6 @@ from .store import RunStore, new_run_id
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
-    from pathlib import Path
 
     from .scheduler import Scheduler
 
@@ -45,7 +44,7 @@ class RunJournal:
         self.records: dict[str, StepRecord] = {}
         self.holds: list[dict[str, Any]] = []   # adaptive scaling: when new starts were held, and why
         self.run_id: str | None = None
-        self.run_dir: Path | None = None
+        self.run_dir: str | None = None
         self.started_at = wall()
         self.dirty = True
         self._last_flush = 0.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import statistics
-from pathlib import Path
 
 from rich import box
 from rich.console import Console, Group, RenderableType
@@ -222,7 +221,7 @@ class LiveReporter(PlainReporter):
             pass
 
     # --- events --------------------------------------------------------------------------------------
-    def run_started(self, ws: Workstream, run_id: str, run_dir: Path, workers: int) -> None:
+    def run_started(self, ws: Workstream, run_id: str, run_dir: str, workers: int) -> None:
         super().run_started(ws, run_id, run_dir, workers)
         self._total, self._workers, self._run_start = len(ws.steps), workers, self.wall()
         self._estimates = {s.id: s.estimated_duration for s in ws.steps}
@@ -235,7 +234,7 @@ class LiveReporter(PlainReporter):
         except Exception as e:  # noqa: BLE001
             self._give_up(e)
 
-    def step_started(self, step_id: str, attempt: int, log_path: Path | None = None) -> None:
+    def step_started(self, step_id: str, attempt: int, log_path: str | None = None) -> None:
         self._started[step_id] = self.wall()
         super().step_started(step_id, attempt, log_path)
 
@@ -244,7 +243,7 @@ class LiveReporter(PlainReporter):
         super().tick(records, now)               # -v: new output lines, buffered by _say
         self._safely(self._draw)
 
-    def run_finished(self, summary: dict[str, Any], run_dir: Path) -> None:
+    def run_finished(self, summary: dict[str, Any], run_dir: str) -> None:
         for step_id in list(self.tails):
             self._forward(step_id, final=True)
         self._safely(self._stop)

@@ -23,7 +23,6 @@ import posixpath
 import re
 from itertools import chain
 from operator import itemgetter, methodcaller, ne
-from pathlib import Path
 
 from . import graph, scopes
 from .document import MAX_ERRORS, Doc, Issue, did_you_mean, read_json, show
@@ -47,20 +46,21 @@ ON_CONFLICT = ("error", "serialize")
 
 # --- public entry points ----------------------------------------------------------------------------
 
-def load_by_id(ws_id: str, workstreams_dir: str | os.PathLike[str], *, project_root: Path,
-               environ: Mapping[str, str] | None = None, on_conflict: str = "error") -> Workstream:
+def load_by_id(ws_id: str, workstreams_dir: str | os.PathLike[str], *,
+               project_root: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
+               on_conflict: str = "error") -> Workstream:
     """Load `<workstreams_dir>/<ws_id>.json`; the id is checked first, so it cannot name a path."""
     if not isinstance(ws_id, str) or not re.fullmatch(ID_PATTERN[1:-1], ws_id):
         raise ValidationError(f"invalid workstream id {ws_id!r}: {ID_RULE}")
-    directory = Path(workstreams_dir)
-    path = directory / f"{ws_id}.json"
-    if not path.is_file():
+    directory = os.fspath(workstreams_dir)
+    path = os.path.join(directory, f"{ws_id}.json")
+    if not os.path.isfile(path):
         try:
-            available = sorted(p.stem for p in directory.glob("*.json"))
+            available = sorted(n[:-5] for n in os.listdir(directory) if n.endswith(".json"))
         except OSError:
             available = []
         listing = ", ".join(available) if available else "none"
-        if not directory.is_dir():
+        if not os.path.isdir(directory):
             raise ValidationError(f"no workstream file {path}: the directory {directory} does "
                                   "not exist", hint="give --workstreams-dir or a FILE")
         raise ValidationError(f"no workstream file {path} (available: {listing})",
@@ -69,13 +69,14 @@ def load_by_id(ws_id: str, workstreams_dir: str | os.PathLike[str], *, project_r
                            on_conflict=on_conflict)
 
 
-def load_workstream(path: str | os.PathLike[str], *, project_root: Path,
+def load_workstream(path: str | os.PathLike[str], *, project_root: str | os.PathLike[str],
                     expected_id: str | None = None, environ: Mapping[str, str] | None = None,
                     on_conflict: str = "error") -> Workstream:
     """Read and validate one workstream file (UTF-8 JSON)."""
     shown = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise ValidationError("no such file", path=shown) from None
     except IsADirectoryError:
@@ -91,7 +92,7 @@ def load_workstream(path: str | os.PathLike[str], *, project_root: Path,
                             environ=environ, on_conflict=on_conflict)
 
 
-def parse_workstream(text: str, source: str, *, project_root: Path | str,
+def parse_workstream(text: str, source: str, *, project_root: str | os.PathLike[str],
                      expected_id: str | None = None, environ: Mapping[str, str] | None = None,
                      on_conflict: str = "error") -> Workstream:
     """Validate a workstream document given as text and build the model. Raises only
@@ -104,7 +105,7 @@ def parse_workstream(text: str, source: str, *, project_root: Path | str,
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _parse(doc, Path(project_root), expected_id,
+        return _parse(doc, os.fspath(project_root), expected_id,
                       os.environ if environ is None else environ, on_conflict)
     except RecursionError:
         # Python's own JSON reader and jsonschema recurse; absurd nesting must not become a traceback.
@@ -116,7 +117,7 @@ def parse_workstream(text: str, source: str, *, project_root: Path | str,
 
 # --- the stages ----------------------------------------------------------------------------------------
 
-def _parse(doc: Doc, project_root: Path, expected_id: str | None, environ: Mapping[str, str],
+def _parse(doc: Doc, project_root: str, expected_id: str | None, environ: Mapping[str, str],
            on_conflict: str) -> Workstream:
     if on_conflict not in ON_CONFLICT:
         raise ValidationError(f"unknown on-conflict mode {on_conflict!r} (use error or serialize)")
@@ -343,7 +344,7 @@ def _execution(doc: Doc, ex: Mapping[str, Any]) -> Execution:
         **({"max_log_bytes": int(ex["max_log_bytes"])} if "max_log_bytes" in ex else {}))
 
 
-def _check_paths(doc: Doc, steps: list[dict[str, Any]], project_root: Path) -> None:
+def _check_paths(doc: Doc, steps: list[dict[str, Any]], project_root: str) -> None:
     issues = []
     try:
         root = os.path.realpath(project_root)

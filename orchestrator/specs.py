@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from .frozen import record
 from .interp import substitute_task
@@ -19,6 +18,7 @@ from .model import PYTHON, SHELL, StepSpec, Task, Workstream
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any, Callable, Mapping
 
 _PLACEHOLDER = re.compile(r"\{(task|step_id|ws_id|files)\}")
@@ -31,7 +31,7 @@ class RunContext:
     ws: Workstream
     run_id: str
     run_dir: str
-    project_root: Path
+    project_root: str | PathLike[str]
     cancel_dir: str
     log_path: Callable[[str], str]
     output_path: Callable[[str], str]
@@ -66,10 +66,11 @@ def build_spec(ctx: RunContext, sid: str, attempt: int, *, outputs: Mapping[str,
                   for t in step.acceptance_tests)
     env.update(ORCHESTRATOR_WS_ID=ws.id, ORCHESTRATOR_RUN_ID=ctx.run_id, ORCHESTRATOR_STEP_ID=sid,
                ORCHESTRATOR_ATTEMPT=str(attempt), ORCHESTRATOR_RUN_DIR=ctx.run_dir)
-    cwd = str((ctx.project_root / step.cwd).resolve()) if step.cwd else str(ctx.project_root)
+    root = os.fspath(ctx.project_root)
+    cwd = os.path.realpath(os.path.join(root, step.cwd)) if step.cwd else root
     return StepSpec(ws_id=ws.id, run_id=ctx.run_id, step_id=sid, attempt=attempt,
                     tasks=tuple(tasks), acceptance_tests=tests, env=env, cwd=cwd,
-                    project_root=str(ctx.project_root), timeout=timeout, timeout_reason=timeout_reason,
+                    project_root=root, timeout=timeout, timeout_reason=timeout_reason,
                     log_path=ctx.log_path(sid), output_path=ctx.output_path(sid), grace=ctx.grace,
                     max_log_bytes=ws.execution.max_log_bytes, secrets=ctx.secrets,
                     cancel_dir=ctx.cancel_dir, resources=dict(step.resources))

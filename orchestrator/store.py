@@ -20,7 +20,6 @@ import json
 import os
 import re
 import time
-from pathlib import Path
 
 from .masking import mask, mask_obj
 from .errors import LockHeldError, RunNotFoundError
@@ -29,6 +28,7 @@ from .procs import pid_alive
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
+    from os import PathLike
 
 RUN_ID_RE = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{8}$")
 
@@ -38,10 +38,10 @@ def new_run_id(now: float | None = None) -> str:
     return f"{stamp}_{os.urandom(4).hex()}"  # not `secrets`: it loads OpenSSL, ~7 ms of start-up
 
 
-def worktrees_root(project_root: Path, override: str | None = None) -> Path:
+def worktrees_root(project_root: str | PathLike[str], override: str | None = None) -> str:
     """`--worktrees-dir`, else $ORCHESTRATOR_WORKTREES_DIR, else `<project>/.worktrees`."""
     chosen = override or os.environ.get("ORCHESTRATOR_WORKTREES_DIR")
-    return Path(chosen).resolve() if chosen else project_root / ".worktrees"
+    return os.path.realpath(chosen) if chosen else os.path.join(project_root, ".worktrees")
 
 
 class _Writer:
@@ -50,12 +50,12 @@ class _Writer:
     def __init__(self) -> None:
         import threading
         self._cond = threading.Condition()
-        self._pending: dict[Path, str] = {}
+        self._pending: dict[str, str] = {}
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
         self._thread.start()
 
-    def put(self, path: Path, text: str) -> None:
+    def put(self, path: str, text: str) -> None:
         with self._cond:
             self._pending[path] = text
             self._cond.notify()
@@ -80,9 +80,10 @@ class _Writer:
         self._thread.join()
 
 
-def atomic_write(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
+def atomic_write(path: str | PathLike[str], data: str | bytes, *, fsync: bool = True) -> None:
     blob = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    head, name = os.path.split(os.fspath(path))
+    tmp = os.path.join(head, f".{name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         view = memoryview(blob)
@@ -96,26 +97,32 @@ def atomic_write(path: Path, data: str | bytes, *, fsync: bool = True) -> None:
     os.replace(tmp, path)
 
 
-def _mkdir(path: Path) -> None:
+def _mkdir(path: str) -> None:
     """Create with 0700 (parents too: run records may hold what steps printed)."""
     missing = []
     p = path
-    while not p.exists():
+    while p and not os.path.exists(p):
         missing.append(p)
-        p = p.parent
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
     for d in reversed(missing):
-        d.mkdir(mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
 
 
 class RunStore:
     """Owns `.worktrees/<ws-id>/` for one run: lock, log, state, step logs and result files."""
 
-    def __init__(self, root: Path, ws_id: str):
-        self.root = root
+    def __init__(self, root: str | PathLike[str], ws_id: str):
+        self.root = os.fspath(root)
         self.ws_id = ws_id
-        self.ws_dir = root / ws_id
+        self.ws_dir = os.path.join(self.root, ws_id)
         self.run_id: str | None = None
-        self.run_dir: Path | None = None
+        self.run_dir: str | None = None
         self._lock_fd: int | None = None
         self._log: int | None = None   # orchestrator.log, opened on the first line
         self._writer: _Writer | None = None
@@ -126,7 +133,7 @@ class RunStore:
     def acquire_lock(self, run_id: str) -> str | None:
         """Take the workstream's lock; returns a warning when a dead holder's lock was taken over."""
         _mkdir(self.ws_dir)
-        path = self.ws_dir / "lock"
+        path = os.path.join(self.ws_dir, "lock")
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -161,30 +168,30 @@ class RunStore:
                 self._lock_fd = None
 
     # --- the run directory -------------------------------------------------------------------------
-    def open_run(self, run_id: str, *, new: bool) -> Path:
+    def open_run(self, run_id: str, *, new: bool) -> str:
         self.run_id = run_id
-        self.run_dir = self.ws_dir / "runs" / run_id
-        if not new and not self.run_dir.is_dir():
-            raise RunNotFoundError(f"no run {run_id} of workstream {self.ws_id}",
-                                   path=str(self.ws_dir / "runs"))
-        for d in (self.run_dir, self.run_dir / "steps", self.cancel_dir):
+        runs = os.path.join(self.ws_dir, "runs")
+        self.run_dir = os.path.join(runs, run_id)
+        if not new and not os.path.isdir(self.run_dir):
+            raise RunNotFoundError(f"no run {run_id} of workstream {self.ws_id}", path=runs)
+        for d in (self.run_dir, os.path.join(self.run_dir, "steps"), self.cancel_dir):
             _mkdir(d)
-        for stale in self.cancel_dir.iterdir():  # a resumed run starts uncancelled
-            stale.unlink()
-        link = self.ws_dir / "latest"
-        tmp = self.ws_dir / f".latest.{os.getpid()}"
+        for stale in os.listdir(self.cancel_dir):  # a resumed run starts uncancelled
+            os.unlink(os.path.join(self.cancel_dir, stale))
+        link = os.path.join(self.ws_dir, "latest")
+        tmp = os.path.join(self.ws_dir, f".latest.{os.getpid()}")
         try:
-            tmp.unlink()
+            os.unlink(tmp)
         except FileNotFoundError:
             pass
-        os.symlink(Path("runs") / run_id, tmp)
+        os.symlink(f"runs/{run_id}", tmp)
         os.replace(tmp, link)
         return self.run_dir
 
     @property
-    def cancel_dir(self) -> Path:
+    def cancel_dir(self) -> str:
         assert self.run_dir is not None
-        return self.run_dir / ".cancel"
+        return os.path.join(self.run_dir, ".cancel")
 
     def step_log(self, step_id: str) -> str:
         assert self.run_dir is not None
@@ -210,7 +217,7 @@ class RunStore:
     def cancel(self, what: str) -> None:
         """Raise a cancel flag that workers see: "all", "now" (skip the grace) or a step id."""
         try:
-            (self.cancel_dir / what).touch(mode=0o600)
+            os.close(os.open(os.path.join(self.cancel_dir, what), os.O_WRONLY | os.O_CREAT, 0o600))
         except OSError:
             pass
 
@@ -219,7 +226,7 @@ class RunStore:
         """Append one event line to orchestrator.log (flushed at once, for tail -f)."""
         if self._log is None:
             _mkdir(self.ws_dir)
-            self._log = os.open(self.ws_dir / "orchestrator.log",
+            self._log = os.open(os.path.join(self.ws_dir, "orchestrator.log"),
                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         now = time.time()
         sec = int(now)
@@ -236,21 +243,21 @@ class RunStore:
             self._log = None
         self.release_lock()
 
-    def write_json(self, name: str, obj: Any) -> Path:
+    def write_json(self, name: str, obj: Any) -> str:
         """Replace a JSON file atomically, readable (`readable_json`), secrets masked."""
         assert self.run_dir is not None
-        path = self.run_dir / name
+        path = os.path.join(self.run_dir, name)
         atomic_write(path, readable_json(mask_obj(obj, self.secrets)) + "\n")
         return path
 
-    def write_json_text(self, name: str, text: str, *, background: bool = False) -> Path:
+    def write_json_text(self, name: str, text: str, *, background: bool = False) -> str:
         """Replace a file with JSON text that is already masked (see `records.StateJson`).
 
         `background`: from the store's writer thread (the temp file, its fsync and the rename cost
         milliseconds the run loop need not wait for); a newer text for the same file replaces one not
         yet written. A foreground write of a file first waits for its background writes."""
         assert self.run_dir is not None
-        path = self.run_dir / name
+        path = os.path.join(self.run_dir, name)
         if background:
             if self._writer is None:
                 self._writer = _Writer()
@@ -266,23 +273,23 @@ class RunStore:
             self._writer.close()
             self._writer = None
 
-    def write_text(self, name: str, text: str) -> Path:
+    def write_text(self, name: str, text: str) -> str:
         assert self.run_dir is not None
-        path = self.run_dir / name
+        path = os.path.join(self.run_dir, name)
         atomic_write(path, mask(text, self.secrets) or "")
         return path
 
     def read_history(self) -> dict | None:
-        return read_json(self.ws_dir / "history.json")
+        return read_json(os.path.join(self.ws_dir, "history.json"))
 
     def write_history(self, data: dict) -> None:
         _mkdir(self.ws_dir)
-        atomic_write(self.ws_dir / "history.json", json.dumps(data, separators=(",", ":")) + "\n",
+        atomic_write(os.path.join(self.ws_dir, "history.json"), json.dumps(data, separators=(",", ":")) + "\n",
                      fsync=False)
 
     # --- reading (also used by `status`, which never writes) ----------------------------------------
     def read_state(self, run_id: str | None = None) -> dict | None:
-        return read_json(self.ws_dir / "runs" / (run_id or self.run_id or "") / "state.json")
+        return read_json(os.path.join(self.ws_dir, "runs", run_id or self.run_id or "", "state.json"))
 
     def latest_run_id(self) -> str | None:
         return latest_run_id(self.ws_dir)
@@ -314,9 +321,10 @@ def readable_json(obj: Any) -> str:
     return "{\n" + ",\n".join(lines) + "\n}"
 
 
-def _read_holder(path: Path) -> tuple[int | None, str | None]:
+def _read_holder(path: str) -> tuple[int | None, str | None]:
     try:
-        parts = path.read_text().split()
+        with open(path) as f:
+            parts = f.read().split()
     except OSError:
         return None, None
     pid = int(parts[0]) if parts and parts[0].isdigit() else None
@@ -324,7 +332,7 @@ def _read_holder(path: Path) -> tuple[int | None, str | None]:
     return pid, rid
 
 
-def read_json(path: Path) -> dict | None:
+def read_json(path: str | PathLike[str]) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -332,21 +340,25 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def latest_run_id(ws_dir: Path) -> str | None:
-    link = ws_dir / "latest"
+def latest_run_id(ws_dir: str | PathLike[str]) -> str | None:
+    runs = os.path.join(ws_dir, "runs")
     try:
-        target = os.readlink(link)
-        rid = Path(target).name
-        if (ws_dir / "runs" / rid).is_dir():
+        rid = os.path.basename(os.readlink(os.path.join(ws_dir, "latest")).rstrip("/"))
+        if os.path.isdir(os.path.join(runs, rid)):
             return rid
     except OSError:
         pass
-    runs = sorted(p.name for p in (ws_dir / "runs").glob("*") if RUN_ID_RE.match(p.name)) \
-        if (ws_dir / "runs").is_dir() else []
-    return runs[-1] if runs else None
+    try:
+        names = os.listdir(runs)
+    except OSError:
+        return None
+    found = sorted(n for n in names if RUN_ID_RE.match(n))
+    return found[-1] if found else None
 
 
-def list_workstreams(root: Path) -> list[str]:
-    if not root.is_dir():
+def list_workstreams(root: str | PathLike[str]) -> list[str]:
+    try:
+        names = os.listdir(root)
+    except OSError:
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "runs").is_dir())
+    return sorted(n for n in names if os.path.isdir(os.path.join(root, n, "runs")))

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Show a workstream's latest run: the same as `orchestrator status`, e.g. `python scripts/check_step_status.py ID`."""
+import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's package first
+# the checkout's package first (os.path, not pathlib: pathlib costs ~8 ms of start-up)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 from orchestrator.entry import main  # noqa: E402
 

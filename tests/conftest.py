@@ -53,7 +53,7 @@ def run_workstream(project):
         opts = RunOptions(project_root=project, worktrees=project / ".worktrees",
                           on_conflict=on_conflict, **options)
         outcome = Dispatcher(ws, opts, reporter=reporter).run()
-        summary = json.loads((outcome.run_dir / "results_summary.json").read_text())
+        summary = json.loads((Path(outcome.run_dir) / "results_summary.json").read_text())
         return outcome, summary
     return run
 

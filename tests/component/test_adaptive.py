@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_overload_holds_starts_to_one_running_step_then_resumes(make_workstream,
     helper.join(timeout=30)
 
     assert outcome.exit_code == 0
-    summary = json.loads((outcome.run_dir / "results_summary.json").read_text())
+    summary = json.loads((Path(outcome.run_dir) / "results_summary.json").read_text())
     by = steps_by_id(summary)
     a_end = by["a"]["end_offset_s"]
     hold = summary["adaptive_holds"][0]
@@ -62,5 +63,5 @@ def test_overload_holds_starts_to_one_running_step_then_resumes(make_workstream,
     assert by["a"]["start_offset_s"] <= hold["end_offset_s"] <= a_end
     log = (project / ".worktrees" / "ws-test" / "orchestrator.log").read_text()
     assert "HOLD new starts" in log and "RESUME starts" in log
-    report = (outcome.run_dir / "execution_report.md").read_text()
+    report = (Path(outcome.run_dir) / "execution_report.md").read_text()
     assert "Adaptive scaling held new starts" in report

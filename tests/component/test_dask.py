@@ -110,7 +110,7 @@ def run_dask(project):
         opts = RunOptions(project_root=project, worktrees=project / ".worktrees", executor="dask",
                           scheduler_address=address, **options)
         outcome = Dispatcher(ws, opts, pool_factory=dask_pool_factory(address)).run()
-        summary = json.loads((outcome.run_dir / "results_summary.json").read_text())
+        summary = json.loads((Path(outcome.run_dir) / "results_summary.json").read_text())
         return outcome, summary
     return run
 
@@ -175,7 +175,7 @@ def test_parallel_steps_land_on_two_workers_with_logs_and_outputs_back_home(clus
     assert len({by[f"s{i}"]["worker"] for i in (1, 2, 3)}) == 2
     assert all(s["worker"].startswith("tcp://127.0.0.1:") for s in by.values())
     assert by["s2"]["outputs"] == {"n": "2"}
-    steps_dir = outcome.run_dir / "steps"
+    steps_dir = Path(outcome.run_dir) / "steps"
     for i in (1, 2, 3):
         log = steps_dir / f"s{i}.log"
         assert f"hello from s{i}" in log.read_text()
@@ -204,11 +204,11 @@ def test_a_dag_with_a_failure_blocks_its_dependents_and_runs_the_rest(cluster, p
     by = steps_by_id(summary)
     assert by["py"]["status"] == "succeeded" and by["py"]["outputs"] == {"y": 42}
     assert by["sh"]["status"] == "succeeded"
-    assert "y=42" in (outcome.run_dir / "steps" / "sh.log").read_text()
-    assert "doubling 21" in (outcome.run_dir / "steps" / "py.log").read_text()
+    assert "y=42" in (Path(outcome.run_dir) / "steps" / "sh.log").read_text()
+    assert "doubling 21" in (Path(outcome.run_dir) / "steps" / "py.log").read_text()
     assert by["bad"]["status"] == "failed" and by["bad"]["exit_code"] == 3
     assert "exit code 3 in task 2" in by["bad"]["error"]
-    assert "about to fail" in (outcome.run_dir / "steps" / "bad.log").read_text()
+    assert "about to fail" in (Path(outcome.run_dir) / "steps" / "bad.log").read_text()
     assert by["child"]["status"] == "blocked" and by["child"]["blocked_by"] == ["bad"]
     assert by["grandchild"]["status"] == "blocked"
     assert by["free"]["status"] == "succeeded"
@@ -229,7 +229,7 @@ def test_steps_with_resources_run_only_where_they_fit(cluster, project, make_wor
     assert by["gpu-1"]["status"] == by["gpu-2"]["status"] == "succeeded"
     assert by["gpu-1"]["worker"] == by["gpu-2"]["worker"] == gpu
     assert by["tpu"]["status"] == "failed" and "tpu=1" in by["tpu"]["error"]
-    assert "no Dask worker offers" in (outcome.run_dir / "steps" / "tpu.log").read_text()
+    assert "no Dask worker offers" in (Path(outcome.run_dir) / "steps" / "tpu.log").read_text()
 
 
 # --- ending steps on the workers ------------------------------------------------------------------
@@ -333,7 +333,7 @@ def test_a_worker_killed_mid_step_fails_the_attempt_and_the_retry_runs(cluster, 
     lifecycle = (project / ".worktrees" / "ws-test" / "orchestrator.log").read_text()
     assert ("STEP RETRY victim attempt=1 failed: worker process died (its Dask worker was lost while "
             "running it)") in lifecycle
-    log = (outcome.run_dir / "steps" / "victim.log").read_text()
+    log = (Path(outcome.run_dir) / "steps" / "victim.log").read_text()
     assert "worker process died" in log and "second attempt" in log
     assert wait_until(lambda: not stray_processes(marker), timeout=5)
     cluster.ready()
@@ -356,7 +356,7 @@ def test_an_own_local_cluster_runs_steps_and_fails_the_step_of_a_killed_worker(p
     assert by["fine"]["worker"].startswith("tcp://127.0.0.1:")
     assert by["victim"]["status"] == "failed"
     assert by["victim"]["error"].startswith("worker process died"), by["victim"]["error"]
-    assert "worker process died" in (outcome.run_dir / "steps" / "victim.log").read_text()
+    assert "worker process died" in (Path(outcome.run_dir) / "steps" / "victim.log").read_text()
     assert wait_until(lambda: not stray_processes(marker), timeout=5)
     # the cluster went with the run: no worker process of ours is left
     assert wait_until(lambda: not spawned_workers(), timeout=15)

@@ -290,7 +290,7 @@ def test_a_failed_attempt_is_retried(make_workstream, run_workstream):
     step = steps_by_id(summary)["flaky"]
     assert step["status"] == "succeeded"
     assert step["attempts"] == 2
-    log = (outcome.run_dir / "steps" / "flaky.log").read_text()
+    log = (Path(outcome.run_dir) / "steps" / "flaky.log").read_text()
     assert "first-try-fails" in log and "second-try-works" in log
     assert "attempt 1 running" in log and "attempt 2 running" in log
     assert log.index("first-try-fails") < log.index("second-try-works")
@@ -384,7 +384,7 @@ def test_a_python_step_that_raises_fails_with_the_exception(make_workstream, run
     by = steps_by_id(summary)
     assert by["bad"]["status"] == "failed"
     assert "ValueError" in by["bad"]["error"] and "bad input 42" in by["bad"]["error"]
-    assert "ValueError" in (outcome.run_dir / "steps" / "bad.log").read_text()
+    assert "ValueError" in (Path(outcome.run_dir) / "steps" / "bad.log").read_text()
     assert by["good"]["status"] == "succeeded"
     assert by["good"]["outputs"] == {"value": 7}
 
@@ -434,7 +434,7 @@ def test_a_named_tool_gets_the_task_as_one_argument_without_a_shell(make_workstr
     assert json.loads((project / "argv_argv-step.json").read_text()) == [
         "second task", "argv-step", "ws-test", "one.txt", "dir/two.txt"]
     assert not (project / "hacked.txt").exists() and not (project / "hacked2.txt").exists()
-    log = (outcome.run_dir / "steps" / "argv-step.log").read_text()
+    log = (Path(outcome.run_dir) / "steps" / "argv-step.log").read_text()
     assert "task 1/2" in log and "task 2/2" in log
 
 
@@ -469,9 +469,9 @@ def test_acceptance_tests_decide_success(make_workstream, run_workstream):
     assert [t["command"] for t in by["bad"]["acceptance_tests"]] == ["true", "echo nope; exit 1", "echo third"]
     assert by["bad"]["acceptance_tests"][1]["exit_code"] == 1
     assert [t["status"] for t in by["good"]["acceptance_tests"]] == ["passed"]
-    assert "nope" in (outcome.run_dir / "steps" / "bad.log").read_text()
+    assert "nope" in (Path(outcome.run_dir) / "steps" / "bad.log").read_text()
 
-    root = ET.parse(outcome.run_dir / "junit.xml").getroot()
+    root = ET.parse(Path(outcome.run_dir) / "junit.xml").getroot()
     cases = list(root.iter("testcase"))
     assert len(cases) == 4
     assert int(root.get("tests")) == 4 and int(root.get("failures")) == 1
@@ -511,7 +511,7 @@ def test_a_secret_is_masked_in_the_log_and_never_written_under_worktrees(make_wo
     outcome, summary = run_workstream(path)
 
     assert outcome.exit_code == 1
-    log = (outcome.run_dir / "steps" / "leaky.log").read_text()
+    log = (Path(outcome.run_dir) / "steps" / "leaky.log").read_text()
     assert "token is ***" in log and "again: ***" in log
     leaks = [str(p) for p in (project / ".worktrees").rglob("*")
              if p.is_file() and not p.is_symlink() and b"supersecretvalue" in p.read_bytes()]
@@ -530,16 +530,16 @@ def test_the_run_directory_follows_the_spec(make_workstream, run_workstream, pro
     assert outcome.exit_code == 0
     ws_dir = project / ".worktrees" / "ws-test"
     assert RUN_ID_RE.match(outcome.run_id)
-    assert outcome.run_dir == ws_dir / "runs" / outcome.run_id
+    assert Path(outcome.run_dir) == ws_dir / "runs" / outcome.run_id
     latest = ws_dir / "latest"
-    assert latest.is_symlink() and latest.resolve() == outcome.run_dir.resolve()
-    state = json.loads((outcome.run_dir / "state.json").read_text())
+    assert latest.is_symlink() and latest.resolve() == Path(outcome.run_dir).resolve()
+    state = json.loads((Path(outcome.run_dir) / "state.json").read_text())
     assert state["status"] == "succeeded" and state["run_id"] == outcome.run_id
     assert state["workstream_id"] == "ws-test" and state["pid"] == os.getpid()
     assert {sid: s["status"] for sid, s in state["steps"].items()} == {"a": "succeeded", "b": "succeeded"}
     for name in ("results_summary.json", "execution_report.md", "junit.xml", "steps/a.log", "steps/b.log"):
-        assert (outcome.run_dir / name).is_file(), name
-    assert "hello" in (outcome.run_dir / "steps" / "a.log").read_text()
+        assert (Path(outcome.run_dir) / name).is_file(), name
+    assert "hello" in (Path(outcome.run_dir) / "steps" / "a.log").read_text()
 
     log = (ws_dir / "orchestrator.log").read_text().splitlines()
     def index_of(prefix: str) -> int:
@@ -658,7 +658,7 @@ def test_a_huge_log_is_capped_keeping_head_and_tail(make_workstream, run_workstr
     outcome, summary = run_workstream(path)
 
     assert outcome.exit_code == 0
-    log_path = outcome.run_dir / "steps" / "noisy.log"
+    log_path = Path(outcome.run_dir) / "steps" / "noisy.log"
     size = log_path.stat().st_size
     assert 10000 <= size <= 10000 + 1000, size
     text = log_path.read_text()

@@ -3,6 +3,8 @@
 the same way: these tests run the same workstreams through both."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import steps_by_id
@@ -41,7 +43,7 @@ def test_every_outcome_is_recorded_alike_on_both_pools(pool, make_workstream, ru
     assert by["missing"]["status"] == "failed" and by["missing"]["exit_code"] == 127
     assert by["uses"]["status"] == "succeeded"
 
-    steps = outcome.run_dir / "steps"
+    steps = Path(outcome.run_dir) / "steps"
     ok_log = (steps / "ok.log").read_text()
     assert "=== ok attempt 1 started" in ok_log and "--- task 1/2: echo hello\nhello\n" in ok_log
     assert "--- acceptance test 2/2: echo checked\nchecked\n" in ok_log
@@ -62,7 +64,7 @@ def test_a_step_that_succeeds_silently_leaves_no_log_file(pool, make_workstream,
     ], execution={"max_workers": 2})
     outcome, summary = run_workstream(path)
     by = steps_by_id(summary)
-    steps = outcome.run_dir / "steps"
+    steps = Path(outcome.run_dir) / "steps"
 
     assert by["silent"]["status"] == "succeeded" and not (steps / "silent.log").exists()
     assert (steps / "talks.log").read_text().count("something") == 2   # the task line and its output
@@ -81,5 +83,5 @@ def test_plain_commands_and_shell_syntax_both_run(pool, make_workstream, run_wor
     outcome, summary = run_workstream(path)
     assert {s["status"] for s in summary["steps"]} == {"succeeded"}
     assert "--- task 1/1: printenv ORCHESTRATOR_STEP_ID\ndirect\n" in (
-        outcome.run_dir / "steps" / "direct.log").read_text()
+        Path(outcome.run_dir) / "steps" / "direct.log").read_text()
     assert (project / "shell.out").read_text() == "shell\n/\n"

@@ -206,7 +206,7 @@ def test_retries_count_and_log_every_attempt(make_workstream, run_workstream, pr
     assert (by["third-time"]["status"], by["third-time"]["attempts"]) == ("succeeded", 3)
     assert (by["hangs"]["status"], by["hangs"]["attempts"]) == ("timed_out", 2)
 
-    log = (outcome.run_dir / "steps" / "always.log").read_text()
+    log = (Path(outcome.run_dir) / "steps" / "always.log").read_text()
     for n in (1, 2, 3):
         assert f"=== always attempt {n} started" in log
         assert f"try {n}" in log
@@ -412,7 +412,7 @@ def test_run_directories_are_0700_and_files_0600(make_workstream, run_workstream
     finally:
         os.umask(old)
 
-    run_dir = outcome.run_dir
+    run_dir = Path(outcome.run_dir)
     for name in ("state.json", "results_summary.json", "execution_report.md", "junit.xml",
                  "steps/ok.log", "steps/bad.log"):
         assert (run_dir / name).is_file(), name
