@@ -92,4 +92,6 @@ CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 def clean(text: Any) -> str:
     """Log or error text without terminal colour codes and control characters."""
+    if type(text) is str and text.isprintable():   # no ESC, CR or control character: nothing to do
+        return text
     return CONTROL.sub("", ANSI.sub("", str(text))).replace("\r\n", "\n").replace("\r", "\n")

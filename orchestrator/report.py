@@ -52,6 +52,8 @@ def _md_cell(text: Any, limit: int | None = None) -> str:
 def _code(text: Any) -> str:
     """An inline code span that survives backticks and pipes inside table cells."""
     flat = " ".join(clean(text).split()).replace("|", "\\|")
+    if "`" not in flat:                 # the usual case (a step id, a command): one tick each side
+        return f"`{flat}`"
     longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
     ticks = "`" * (longest + 1)
     pad = " " if flat.startswith("`") or flat.endswith("`") else ""

@@ -273,10 +273,13 @@ class RunStore:
             self._writer.close()
             self._writer = None
 
-    def write_text(self, name: str, text: str) -> str:
+    def write_text(self, name: str, text: str, *, fsync: bool = True) -> str:
+        """Replace a text file atomically, secrets masked. `fsync=False` for a file made from one
+        that was synced (the report, from the summary): still whole or absent after a crash of this
+        process, only a power loss could lose it, and the summary it came from is on disk."""
         assert self.run_dir is not None
         path = os.path.join(self.run_dir, name)
-        atomic_write(path, mask(text, self.secrets) or "")
+        atomic_write(path, mask(text, self.secrets) or "", fsync=fsync)
         return path
 
     def read_history(self) -> dict | None:
