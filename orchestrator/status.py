@@ -13,7 +13,7 @@ from .errors import RunNotFoundError
 from .procs import pid_alive
 from .fmt import human_duration, parse_iso
 from .status_view import render_status
-from .store import latest_run_id, list_workstreams, read_json
+from .store import latest_run_id, list_workstreams, read_run_state
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def read_status(root: str | PathLike[str], ws_id: str, run_id: str | None = None
         known = ", ".join(list_workstreams(root)) or "none"
         raise RunNotFoundError(f"no runs of workstream {ws_id} (workstreams with runs: {known})",
                                path=os.fspath(root))
-    state = read_json(os.path.join(ws_dir, "runs", rid, "state.json"))
+    state = read_run_state(ws_dir, rid)
     if state is None:
         raise RunNotFoundError(f"run {rid} of {ws_id} has no readable state.json",
                                path=os.path.join(ws_dir, "runs", rid))
@@ -68,7 +68,7 @@ def overview(root: str | PathLike[str], *, now: float | None = None) -> str:
     for ws_id in list_workstreams(root):
         ws_dir = os.path.join(root, ws_id)
         rid = latest_run_id(ws_dir)
-        state = read_json(os.path.join(ws_dir, "runs", rid, "state.json")) if rid else None
+        state = read_run_state(ws_dir, rid) if rid else None
         if not state:
             continue
         steps = state.get("steps") or {}

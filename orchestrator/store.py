@@ -101,12 +101,9 @@ def _mkdir(path: str) -> None:
     """Create with 0700 (parents too: run records may hold what steps printed)."""
     missing = []
     p = path
-    while p and not os.path.exists(p):
+    while p and not os.path.exists(p):      # a relative path ends in "" (the working directory)
         missing.append(p)
-        parent = os.path.dirname(p)
-        if parent == p:
-            break
-        p = parent
+        p = os.path.dirname(p)
     for d in reversed(missing):
         try:
             os.mkdir(d, 0o700)
@@ -287,12 +284,12 @@ class RunStore:
 
     def write_history(self, data: dict) -> None:
         _mkdir(self.ws_dir)
-        atomic_write(os.path.join(self.ws_dir, "history.json"), json.dumps(data, separators=(",", ":")) + "\n",
-                     fsync=False)
+        atomic_write(os.path.join(self.ws_dir, "history.json"),
+                     json.dumps(data, separators=(",", ":")) + "\n", fsync=False)
 
     # --- reading (also used by `status`, which never writes) ----------------------------------------
     def read_state(self, run_id: str | None = None) -> dict | None:
-        return read_json(os.path.join(self.ws_dir, "runs", run_id or self.run_id or "", "state.json"))
+        return read_run_state(self.ws_dir, run_id or self.run_id or "")
 
     def latest_run_id(self) -> str | None:
         return latest_run_id(self.ws_dir)
@@ -341,6 +338,11 @@ def read_json(path: str | PathLike[str]) -> dict | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def read_run_state(ws_dir: str | PathLike[str], run_id: str) -> dict | None:
+    """`runs/<run_id>/state.json` of a workstream's directory, or None when it cannot be read."""
+    return read_json(os.path.join(ws_dir, "runs", run_id, "state.json"))
 
 
 def latest_run_id(ws_dir: str | PathLike[str]) -> str | None:
