@@ -83,9 +83,33 @@ class StepRecord:
             _report_change(d)
 
     def state_entry(self, secrets: tuple[str, ...]) -> str:
-        """`"<id>":{...}`, this step's part of the compact state.json (secrets masked)."""
-        return (json.dumps(mask(self.step_id, secrets)) + ":"
-                + _compact(mask_obj(self.state_dict(), secrets)))
+        """`"<id>":{...}`, this step's part of the compact state.json (secrets masked).
+
+        The usual entry (no secrets to mask, no outputs, return value or tests) is written field by
+        field, the same bytes as encoding `state_dict()` in half the time (a run encodes an entry
+        each time a step changes: 1000 steps at its start, again as they run)."""
+        d = self.__dict__
+        if secrets or d["outputs"] or d["acceptance_tests"] or d["return_value"] is not None:
+            return (json.dumps(mask(self.step_id, secrets)) + ":"
+                    + _compact(mask_obj(self.state_dict(), secrets)))
+        status, started, finished = d["status"], d["started_at"], d["finished_at"]
+        terminal = status.terminal
+        deps = d.get("_deps_json")
+        if deps is None:   # fixed for the run: encoded once
+            deps = d["_deps_json"] = "[" + ",".join(map(_str, d["depends_on"])) + "]"
+        j = _j
+        return (f'{_str(d["step_id"])}:{{"status":"{status.value}","depends_on":{deps},'
+                f'"attempt":{j(d["attempts"])},'
+                f'"started_at":{_str(iso(started)) if started else "null"},'
+                f'"finished_at":{_str(iso(finished)) if finished and terminal else "null"},'
+                f'"started_epoch":{j(started)},"finished_epoch":{j(finished)},'
+                f'"duration_s":{j(_r(self.duration_s)) if terminal else "null"},'
+                f'"task_index":{j(d["task_index"])},"task_count":{j(d["task_count"])},'
+                f'"error":{j(d["error"])},"exit_code":{j(d["exit_code"])},'
+                f'"blocked_by":{j(d["blocked_by"])},"worker":{j(d["worker"])},'
+                f'"definition_hash":{j(d["definition_hash"])},"outputs":{{}},'
+                f'"return_value":null,"acceptance_tests":[],'
+                f'"peak_rss_bytes":{j(d["peak_rss_bytes"])},"cpu_time_s":{j(d["cpu_time_s"])}}}')
 
     def state_dict(self) -> dict[str, Any]:
         """The step as state.json shows it."""
@@ -130,6 +154,24 @@ def _report_change(d: dict[str, Any]) -> None:
 _FRESH = defaults(StepRecord)
 # json.dumps with options builds a JSONEncoder per call (~3 us): one, made once, for every entry
 _compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_str = json.encoder.encode_basestring_ascii   # what _compact writes for a str (ensure_ascii)
+
+
+def _j(value: Any) -> str:
+    """One value as `_compact` writes it: the usual scalars directly, empty containers as
+    themselves, anything else through the encoder."""
+    if value is None:
+        return "null"
+    kind = type(value)
+    if kind is str:
+        return _str(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float and value - value == 0.0:   # finite (the encoder spells NaN and Infinity)
+        return float.__repr__(value)
+    if not value and (kind is list or kind is dict):
+        return "[]" if kind is list else "{}"
+    return _compact(value)
 
 
 def _r(x: float | None, nd: int = 4) -> float | None:

@@ -511,3 +511,27 @@ def test_junit_is_written_byte_for_byte_as_elementtree_writes_it(steps):
     root = ET.fromstring(xml.encode())
     ET.indent(root)
     assert xml == '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+CELL_TEXTS = ["", "build", "a b", "a  b", " lead", "trail ", "a|b", "a<b>c", "back\\slash", "tab\there",
+              "new\nline", "é ☃ ok", "\x1b[31mred\x1b[0m", "back`tick", "``", "nb\u00a0sp", "x" * 100,
+              "sep\u2028x", "unit\x1fsep", 42, None]
+
+
+def _cell_the_long_way(text, limit=None):
+    flat = " ".join(report.clean(text).split())
+    if limit and len(flat) > limit:
+        flat = flat[: limit - 1] + "…"
+    return flat.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@pytest.mark.parametrize("text", CELL_TEXTS, ids=repr)
+def test_cells_and_code_spans_skip_no_step_that_would_change_the_text(text):
+    # plain text is returned as it is: the same as cleaning, collapsing, truncating and escaping it
+    for limit in (None, 80):
+        assert report._md_cell(text, limit) == _cell_the_long_way(text, limit)
+    flat = " ".join(report.clean(text).split()).replace("|", "\\|")
+    if "`" not in flat:
+        assert report._code(text) == f"`{flat}`"
+    else:
+        assert flat in report._code(text) and report._code(text).startswith("``")

@@ -1,0 +1,83 @@
+"""The live state's per-step encoding: the field-by-field writer must give the encoder's exact bytes."""
+import json
+
+import pytest
+
+from orchestrator.model import StepResult, StepStatus
+from orchestrator.model import TestResult as CheckResult   # not a test class for pytest
+from orchestrator.records import StateJson, StepRecord, _compact
+
+
+def _encoded(rec: StepRecord) -> str:
+    return json.dumps(rec.step_id) + ":" + _compact(rec.state_dict())
+
+
+def _pending():
+    return StepRecord("build", (), 30.0, "compile it", "0123456789abcdef")
+
+
+def _running():
+    rec = StepRecord("b\u00e9\"x", ("a", "z\u2603"), 30.0)
+    rec.status, rec.attempts, rec.started_at = StepStatus.RUNNING, 1, 1796167938.9214172
+    rec.task_index, rec.task_count, rec.start_is_estimate = 1, 3, True
+    return rec
+
+
+def _ended(status: StepStatus, **extra):
+    rec = StepRecord("s005", ("s004",), 1.5, "", "c843d0c9aabe7d0f")
+    fields = dict(exit_code=0, started_at=1796167938.5, finished_at=1796167938.75, worker="local",
+                  cpu_time_s=0.0)
+    fields.update(extra)
+    rec.absorb(StepResult("s005", 1, status, **fields))
+    rec.status, rec.attempts = status, 1
+    return rec
+
+
+def _blocked():
+    rec = StepRecord("d", ("a", "c"), 2.0)
+    rec.status, rec.blocked_by, rec.error = StepStatus.BLOCKED, ["a", "c"], "dependency c failed"
+    return rec
+
+
+def _odd_numbers():
+    rec = StepRecord("f", (), 2.0)
+    rec.status, rec.exit_code, rec.peak_rss_bytes = StepStatus.FAILED, -9, 2 ** 40
+    rec.cpu_time_s, rec.started_at, rec.finished_at = float("nan"), 1e9, 1e9 + 1e-7
+    return rec
+
+
+RECORDS = {
+    "pending": _pending,
+    "running, non-ASCII id and dependencies": _running,
+    "succeeded": lambda: _ended(StepStatus.SUCCEEDED),
+    "failed with a quoted, multi-line error": lambda: _ended(
+        StepStatus.FAILED, exit_code=3, error='boom "quoted"\n\t\u00fc \\ end', peak_rss_bytes=12345),
+    "timed out without an exit code": lambda: _ended(StepStatus.TIMED_OUT, exit_code=None,
+                                                     error="timed out (timeout of 1.5s)"),
+    "blocked": _blocked,
+    "odd numbers (NaN, huge, negative)": _odd_numbers,
+    "outputs, a return value and tests": lambda: _ended(
+        StepStatus.FAILED, outputs={"k": "v", "n": "1"}, return_value={"x": [1, 2.5, None, True]},
+        acceptance_tests=(CheckResult("pytest -q", "failed", 1, 0.12345, "tail"),)),
+    "a falsy return value": lambda: _ended(StepStatus.SUCCEEDED, return_value=0),
+}
+
+
+@pytest.mark.parametrize("make", RECORDS.values(), ids=RECORDS.keys())
+def test_a_state_entry_is_the_encoders_bytes(make):
+    rec = make()
+    assert rec.state_entry(()) == _encoded(rec)
+    json.loads("{" + rec.state_entry(()) + "}")   # and valid JSON
+
+
+def test_secrets_are_masked_in_entries_and_the_whole_state_parses():
+    rec = _ended(StepStatus.FAILED, error="token hunter2 refused")
+    entry = rec.state_entry(("hunter2",))
+    assert "hunter2" not in entry and "***" in entry
+    records = {r.step_id: r for r in (_pending(), _running(), _blocked())}
+    state = StateJson(records, ())
+    text = state.text(ws=type("W", (), {"id": "w", "title": "t"})(), run_id="r", status="running",
+                      pid=1, started_at=1.0, updated_at=2.0, finished_at=None, execution={})
+    steps = json.loads(text)["steps"]
+    assert list(steps) == list(records)
+    assert steps["b\u00e9\"x"]["task_count"] == 3
