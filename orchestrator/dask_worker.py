@@ -19,6 +19,7 @@ import tempfile
 import threading
 import time
 
+from . import procs
 from .frozen import replace
 from .model import StepResult, StepSpec, StepStatus
 
@@ -125,7 +126,7 @@ def _host(spec: StepSpec, result_path: str, parent: int) -> None:
 
 def _wait_host(pid: int, watch: "_CancelWatch", cancel_dir: str) -> int:
     """Wait for the host to exit, raising its cancel flag files as the run's Events rise."""
-    pidfd = os.pidfd_open(pid)
+    pidfd = procs.exit_fd(pid)
     raised: set[str] = set()
     try:
         while True:

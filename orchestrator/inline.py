@@ -161,7 +161,7 @@ class _Attempt:
             return False
         finally:
             os.close(wfd)
-        self.child = _Child(pid, os.pidfd_open(pid), rfd, len(self.sink.recent))
+        self.child = _Child(pid, procs.exit_fd(pid), rfd, len(self.sink.recent))
         self.pool.watch(self.child.rfd, self)
         self.pool.watch(self.child.pidfd, self)
         if self.stop:  # stopped between two children: this one goes at once

@@ -285,6 +285,42 @@ def kill_marked(run_id: str, grace: float) -> None:
             sig = signal.SIGKILL
 
 
+_NO_PIDFD: list[bool] = []   # set once pidfd_open turned out to be missing here
+
+
+def exit_fd(pid: int) -> int:
+    """A descriptor that turns readable when our child `pid` exits, leaving it to be reaped (wait4
+    still gets its status and CPU time); close it with os.close. The child's pidfd, or where there
+    are none (Linux before 5.3, gVisor, valgrind) a pipe written by a thread that waits for the exit
+    without reaping it."""
+    if not _NO_PIDFD:
+        try:
+            return os.pidfd_open(pid)
+        except AttributeError:
+            _NO_PIDFD.append(True)
+        except OSError as e:
+            if e.errno not in (errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+                raise
+            _NO_PIDFD.append(True)
+    import threading
+    r, w = os.pipe()
+    threading.Thread(target=_tell_exit, args=(pid, w), name=f"exit of {pid}", daemon=True).start()
+    return r
+
+
+def _tell_exit(pid: int, w: int) -> None:
+    try:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    except ChildProcessError:   # reaped already (a shutdown): the reader is told all the same
+        pass
+    finally:
+        try:
+            os.write(w, b"x")
+        except OSError:
+            pass
+        os.close(w)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists and is not a zombie."""
     return _alive(pid)

@@ -198,7 +198,7 @@ def _spawn(argv: tuple[str, ...], env: dict[str, str], wfd: int) -> int:
 
 def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSink,
                cancel_state: list) -> Ran:
-    pidfd = os.pidfd_open(pid)
+    pidfd = procs.exit_fd(pid)
     poller = select.poll()   # one syscall a wait (a selector would add epoll set-up per child)
     poller.register(rfd, select.POLLIN)
     poller.register(pidfd, select.POLLIN)

@@ -24,6 +24,7 @@ import signal
 import struct
 from concurrent.futures import Executor, Future
 
+from . import procs
 from .errors import WorkerDied   # noqa: F401 - raised here, and importable from here as before
 
 TYPE_CHECKING = False
@@ -113,7 +114,7 @@ class WorkerPool(Executor):
                 _worker_main(jr, rw, self.initializer, self.initargs)
         os.close(jr)
         os.close(rw)
-        w = _Worker(pid, jw, rr, os.pidfd_open(pid))
+        w = _Worker(pid, jw, rr, procs.exit_fd(pid))
         self._workers[rr] = w
         self._by_pidfd[w.pidfd] = w
         return w

@@ -85,3 +85,35 @@ def test_plain_commands_and_shell_syntax_both_run(pool, make_workstream, run_wor
     assert "--- task 1/1: printenv ORCHESTRATOR_STEP_ID\ndirect\n" in (
         Path(outcome.run_dir) / "steps" / "direct.log").read_text()
     assert (project / "shell.out").read_text() == "shell\n/\n"
+
+
+@pytest.mark.parametrize("kind", POOLS)
+def test_without_pidfds_steps_still_run_and_are_recorded(kind, monkeypatch, make_workstream,
+                                                          run_workstream, project):
+    """Linux before 5.3, gVisor or valgrind have no pidfd_open: each child's exit is then waited for
+    by a thread, and a run's steps end, report their outputs, exit codes and timeouts as usual."""
+    import errno
+    import os
+
+    from orchestrator import procs
+
+    def no_pidfd(pid, flags=0):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setenv("ORCHESTRATOR_POOL", kind)
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    monkeypatch.setattr(procs, "_NO_PIDFD", [])
+    path = make_workstream([
+        {"id": "a", "tasks": ["echo one"]},
+        {"id": "b", "tasks": ["printf 'k=v\\n' >> \"$ORCHESTRATOR_OUTPUT\""], "depends_on": ["a"]},
+        {"id": "c", "tasks": ["exit 4"], "depends_on": ["b"]},
+        {"id": "slow", "tasks": ["sleep 5"], "timeout": 0.3},
+    ])
+    outcome, summary = run_workstream(path, grace=0.2)
+    by = steps_by_id(summary)
+    assert by["a"]["status"] == by["b"]["status"] == "succeeded" and by["b"]["outputs"] == {"k": "v"}
+    assert by["c"]["status"] == "failed" and by["c"]["error"] == "exit code 4 in task 1: `exit 4`"
+    assert by["slow"]["status"] == "timed_out"
+    assert "one" in (Path(outcome.run_dir) / "steps" / "a.log").read_text()
+    if kind == "inline":
+        assert procs._NO_PIDFD == [True]   # the fallback is what ran
