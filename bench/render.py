@@ -88,7 +88,8 @@ def markdown(*, date: str, elapsed_s: float, reps: int, only: list[str], machine
              errors: list[str]) -> str:
     out = ["# Benchmark results", "",
            f"Written by `make bench` (`bench/run_bench.py`) on {date}, in {elapsed_s:.0f} s; "
-           f"{reps} repetitions per engine, engines alternated within each repetition; "
+           f"{reps} repetitions per engine ({3 * reps} for trivial-1000 and chain-200), engines "
+           f"alternated within each repetition; "
            f"all times are medians of wall-clock seconds unless said otherwise.", ""]
     if reps < 5:
         out += [f"**Only {reps} repetitions (BENCH_REPS): the issue asks for at least 5.**", ""]

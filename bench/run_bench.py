@@ -5,7 +5,8 @@
 
 Every workload is generated into a fresh temporary project directory and run by each engine in turn,
 alternating (A B C A B C ...) so that drift on the machine hits every engine alike; medians are
-reported. Prints the tables and writes them, with the machine, the versions and the issue-5 targets,
+reported. trivial-1000 and chain-200, runs of about a second whose walls swing most, get three times
+BENCH_REPS. Prints the tables and writes them, with the machine, the versions and the issue-5 targets,
 to bench/results.md (BENCH_OUT to write elsewhere; BENCH_KEEP=1 keeps the temporary directory;
 BENCH_JSON=FILE also dumps every sample; a single run still going after BENCH_RUN_TIMEOUT seconds,
 default 120, is killed and reported as an error).
@@ -129,10 +130,10 @@ class Bench:
              "ratio below (against make's few milliseconds)."]))
 
     def simple(self, name: str, wl: W.Workload, *, goal: float | None = None,
-               lower_bound: float | None = None) -> None:
+               lower_bound: float | None = None, reps: int | None = None) -> None:
         d = self.workdir(name)
         engines = [E.Orchestrator(wl, d), *self.peers(wl, d, parallel=True), E.PythonFloor(wl, d)]
-        res = self.alternate(name, engines, warmup=lower_bound is None)
+        res = self.alternate(name, engines, warmup=lower_bound is None, reps=reps)
         make_w = med(s.wall_s for s in res.get("make", []))
         headers = ["engine", "wall s", "min", "max", "× make"]
         if lower_bound:
@@ -440,9 +441,11 @@ def main() -> int:
                             "(`make bench` installs them)")
     plan = {
         "startup": bench.startup,
+        # runs of about a second, whose walls swing by 2x on this machine: three times the repetitions
         "trivial-1000": lambda: bench.simple("trivial-1000", W.independent("trivial-1000", 1000, "true", 2),
-                                             goal=1.25),
-        "chain-200": lambda: bench.simple("chain-200", W.chain("chain-200", 200, "true", 2), goal=1.5),
+                                             goal=1.25, reps=3 * reps),
+        "chain-200": lambda: bench.simple("chain-200", W.chain("chain-200", 200, "true", 2), goal=1.5,
+                                          reps=3 * reps),
         "sleep-wide": lambda: bench.simple("sleep-wide", W.independent("sleep-wide", 64, "sleep 0.1", 8, 0.1),
                                            lower_bound=64 * 0.1 / 8),
         "sleep-dag": bench.sleep_dag,
