@@ -31,7 +31,7 @@ from . import history, procs, scopes
 from .errors import WorkerDied
 from .frozen import factory, record
 from .interp import InterpolationError
-from .model import OnFailure, StepResult, StepSpec, StepStatus, Workstream
+from .model import PYTHON, OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
 from .journal import RunJournal
 from .records import StepRecord
@@ -136,6 +136,8 @@ class Dispatcher:
         self.status = "running"
         self.interrupted = False
         self._outputs, self._return_values = _Outputs(self.records), _ReturnValues(self.records)
+        self._prepared: dict[str, tuple[int, StepSpec]] = {}   # specs built ahead (_prepare_next)
+        self._started_since_prepare: list[str] = []
 
     # --- set-up ------------------------------------------------------------------------------------
     def _execution_dict(self) -> dict[str, Any]:
@@ -176,7 +178,8 @@ class Dispatcher:
             self.store.log(f"RUN START ws={ws.id} run={self.run_id} pid={os.getpid()} steps={len(ws.steps)} "
                            f"settings={self.journal.execution}")
             self.reporter.run_started(ws, self.run_id, self.run_dir, self.workers)
-            self._flush(force=True)
+            # the first state.json is written by the loop's first pass, once the first steps are
+            # started (it shows them running), from the store's writer thread
             self._loop()
         except BaseException:
             self.status = "interrupted"
@@ -211,6 +214,7 @@ class Dispatcher:
                 if self.sched.done and not self.inflight:
                     break
                 self._backstop(now)
+                self._prepare_next()
                 self._flush()
                 if self.reporter.tick_interval and now >= self._next_tick:
                     self.reporter.tick(self.records, self.wall())
@@ -346,7 +350,8 @@ class Dispatcher:
         rec.status = StepStatus.RUNNING
         rec.task_index, rec.task_count = None, None
         try:
-            spec = self._spec(sid, attempt, now)
+            prepared = self._prepared.pop(sid, None)
+            spec = prepared[1] if prepared and prepared[0] == attempt else self._spec(sid, attempt, now)
         except InterpolationError as e:
             t = self.wall()
             self._record(StepResult(sid, attempt, StepStatus.FAILED, error=mask(str(e), self.secrets),
@@ -369,6 +374,7 @@ class Dispatcher:
             self.reporter.step_started(sid, attempt, self.store.step_log(sid))
         self.inflight[sid] = (attempt, fut)
         self._submitted[sid] = now
+        self._started_since_prepare.append(sid)
         self._backstop_due = min(self._backstop_due,
                                  now + rec.timeout_s + self.opt.grace + BACKSTOP_MARGIN)
         if rec.started_at is None:  # until the worker says (or the result shows) when it started
@@ -376,6 +382,26 @@ class Dispatcher:
         if spec.tasks:
             rec.task_index, rec.task_count = 1, len(spec.tasks)
         self.journal.dirty = True
+
+    def _prepare_next(self) -> None:
+        """Build the specs of the steps that the steps just started would make ready, while those
+        run: on a chain, the next step then starts without waiting for its spec. Only a spec that
+        is a function of the step and attempt alone is built early: no `${...}` to fill in from
+        outputs, no python inputs, no step group whose clock sets the timeout."""
+        started, self._started_since_prepare = self._started_since_prepare, []
+        for running in started:
+            if running not in self.inflight:
+                continue
+            for sid in self.sched.unlocked_by(running):
+                step = self.ws.step(sid)
+                if sid in self._prepared or step.tool == PYTHON or sid in self.group_of \
+                        or any("${" in t for t in (*step.tasks, *step.acceptance_tests)):
+                    continue
+                attempt = self.sched.attempt(sid) + 1
+                try:
+                    self._prepared[sid] = (attempt, self._spec(sid, attempt, self.clock()))
+                except Exception:  # noqa: BLE001 - built again at its start, which reports it
+                    pass
 
     def _on_done(self, sid: str, attempt: int, fut: Future) -> None:
         """Hand the result to the loop. In an executor's thread it must also wake the loop; a pool

@@ -100,8 +100,8 @@ class RunJournal:
         if not force and (not self.dirty or now - self._last_flush < STATE_FLUSH_INTERVAL):
             return
         self.refresh_blocked(sched)
-        # the first write is the loop's own (nothing runs yet; the writer thread starts after the
-        # pool has forked what it forks), later ones go to the store's writer thread
+        # from the store's writer thread, started by the first write: the loop's first pass,
+        # after the pool has forked what it forks at its start (`force`: now, from this thread)
         self.store.write_json_text("state.json", self.state_json("running"), background=not force)
         self.dirty = False
         self._last_flush = now
