@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timezone
 
 from .analysis import steps_of
 from .fmt import ANSI, number, parse_iso
@@ -23,6 +22,21 @@ _XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 
 def _xml(text: Any) -> str:
     return _XML_ILLEGAL.sub("", ANSI.sub("", str(text)))
+
+
+# what `fmt.iso` writes: UTC to the millisecond
+_OUR_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def _timestamp(text: Any) -> str:
+    """JUnit's `timestamp`: the run's start in UTC to the second (ours: its first 19 characters)."""
+    if isinstance(text, str) and _OUR_ISO.fullmatch(text):
+        return text[:19]
+    started = parse_iso(text)
+    if started is None:
+        return ""
+    from datetime import timezone
+    return started.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _secs(value: Any) -> str:
@@ -108,10 +122,8 @@ def render_junit(summary: Mapping[str, Any]) -> str:
     counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0", "skipped": str(skipped)}
     wall = _secs((summary.get("summary") or {}).get("wall_time_s"))
     root = _El("testsuites", name="orchestrator", time=wall, **counts)
-    started = parse_iso(summary.get("started_at"))
     suite = root.add("testsuite", name=_xml(summary.get("workstream_id", "")), time=wall,
-                     timestamp=(started.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-                                if started else ""), **counts)
+                     timestamp=_timestamp(summary.get("started_at")), **counts)
     properties = suite.add("properties")
     for key in ("run_id", "status", "started_at", "finished_at"):
         properties.add("property", name=key, value=_xml(summary.get(key) or ""))

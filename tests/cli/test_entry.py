@@ -126,12 +126,13 @@ def test_fast_and_click_commands_end_the_same(make_workstream, project, capsys, 
 
 # what `run` and `validate` must not import: click and what it brings (~15 ms), dataclasses, and
 # pathlib (~8 ms with the urllib.parse, ipaddress and fnmatch it imports)
-HEAVY = ("click", "inspect", "typing", "dataclasses", "pathlib")
+HEAVY = ("click", "inspect", "typing", "dataclasses", "pathlib", "ctypes", "datetime")
 
 
 @pytest.mark.parametrize("argv", [["validate", "--ws-id", "ws-test"],
                                   ["run", "--ws-id", "ws-test", "-q"]], ids=["validate", "run"])
 def test_the_fast_path_imports_neither_click_nor_pathlib(make_workstream, project, argv):
+    """Nor ctypes (prctl goes through _ctypes) nor datetime (a run parses no time)."""
     make_workstream([{"id": "a", "tasks": ["true"]}])
     code = (f"import sys; sys.argv = ['orchestrator', *{argv!r}]\n"
             "import orchestrator.entry as e\n"

@@ -117,3 +117,27 @@ def test_without_pidfds_steps_still_run_and_are_recorded(kind, monkeypatch, make
     assert "one" in (Path(outcome.run_dir) / "steps" / "a.log").read_text()
     if kind == "inline":
         assert procs._NO_PIDFD == [True]   # the fallback is what ran
+
+
+@pytest.mark.parametrize("through", ["_ctypes", "ctypes"])
+def test_the_orchestrator_becomes_a_subreaper_with_or_without_ctypes_internals(through, monkeypatch):
+    """prctl goes through `_ctypes` (no `ctypes` import at start-up) or, where that lacks dlsym or
+    call_function, through `ctypes`; either way the flag is set, as a child process reads it back."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import ctypes, sys
+        if {through == "ctypes"!r}:
+            import _ctypes
+            del _ctypes.call_function
+        from orchestrator import procs
+        assert procs.become_subreaper()
+        flag = ctypes.c_int(0)
+        ctypes.CDLL(None).prctl(37, ctypes.byref(flag), 0, 0, 0)   # PR_GET_CHILD_SUBREAPER
+        print(flag.value)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "1"

@@ -535,3 +535,15 @@ def test_cells_and_code_spans_skip_no_step_that_would_change_the_text(text):
         assert report._code(text) == f"`{flat}`"
     else:
         assert flat in report._code(text) and report._code(text).startswith("``")
+
+
+@pytest.mark.parametrize("started, stamp", [
+    ("2026-11-18T11:06:40.123Z", "2026-11-18T11:06:40"),         # ours: read as it is
+    ("2026-11-18T13:06:40+02:00", "2026-11-18T11:06:40"),        # an offset: turned to UTC
+    ("2026-11-18T11:06:40", "2026-11-18T11:06:40"),              # naive: UTC
+    ("yesterday", ""), (None, ""), (12, "")])
+def test_the_junit_timestamp_is_the_start_in_utc_whatever_its_spelling(started, stamp):
+    summary = make_summary([make_step("a")])
+    summary["started_at"] = started
+    (suite,) = ET.fromstring(render_junit(summary).encode()).findall("testsuite")
+    assert suite.get("timestamp") == stamp
