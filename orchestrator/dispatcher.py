@@ -228,6 +228,8 @@ class Dispatcher:
                     continue
                 if self._done:  # a step ended while it was being submitted
                     timeout = 0.0
+                elif timeout is None or timeout > 0:
+                    self.journal.encode_ended()   # while the steps just started run
                 pool_fds = self.pool.fds()
                 try:
                     ready, _, _ = select.select([wake_r, prog_r, *pool_fds], [], [], timeout)
@@ -554,6 +556,7 @@ class Dispatcher:
             self.reporter.step_changed(sid, StepStatus.PENDING, f"retrying: {result.error}")
         else:
             rec.status = result.status
+            self.journal.ended.append(sid)
             detail = f" error={result.error}" if result.error else ""
             self._log_line(f"STEP END {sid} status={result.status.value} attempt={result.attempt} "
                            f"duration={result.duration_s:.3f}s{detail}")

@@ -49,6 +49,7 @@ class RunJournal:
         self.dirty = True
         self._last_flush = 0.0
         self._state_text: StateJson | None = None   # made once the records are complete
+        self.ended: list[str] = []     # steps that ended since encode_ended last ran
 
     def open(self, resume: str | None, force: bool, warn: Callable[[str], None]) -> list[str]:
         """Take the lock, open the run directory, restore a resumed run. Returns the steps kept."""
@@ -105,6 +106,14 @@ class RunJournal:
         self.store.write_json_text("state.json", self.state_json("running"), background=not force)
         self.dirty = False
         self._last_flush = now
+
+    def encode_ended(self) -> None:
+        """Encode the state entries of the steps that just ended, while the loop would wait: they
+        seldom change again, so the next state.json (the final one above all) is mostly a join."""
+        if self.ended:
+            if self._state_text is not None:
+                self._state_text.encode(self.ended)
+            self.ended.clear()
 
     def state_json(self, status: str, finished: float | None = None) -> str:
         """The state as compact JSON, secrets masked, from each step's cached encoding."""

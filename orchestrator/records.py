@@ -16,7 +16,7 @@ from .fmt import iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from typing import Any, Iterable, Mapping
 
 
 @record(frozen=False)
@@ -189,6 +189,14 @@ class StateJson:
         self.changed: set[str] = set(records)
         for rec in records.values():
             rec.__dict__["_changed"] = self.changed
+
+    def encode(self, sids: Iterable[str]) -> None:
+        """Encode these steps' entries now, if they changed since they were last encoded."""
+        changed, entries, records = self.changed, self.entries, self.records
+        for sid in sids:
+            if sid in changed:
+                changed.discard(sid)
+                entries[sid] = records[sid].state_entry(self.secrets)
 
     def text(self, **head: Any) -> str:
         for sid in self.changed:

@@ -81,3 +81,21 @@ def test_secrets_are_masked_in_entries_and_the_whole_state_parses():
     steps = json.loads(text)["steps"]
     assert list(steps) == list(records)
     assert steps["b\u00e9\"x"]["task_count"] == 3
+
+
+def test_entries_encoded_early_are_encoded_again_when_their_step_changes():
+    records = {r.step_id: r for r in (_pending(), _blocked())}
+    live = StateJson(records, ())
+    head = dict(ws=type("W", (), {"id": "w", "title": "t"})(), run_id="r", status="running", pid=1,
+                started_at=1.0, updated_at=2.0, finished_at=None, execution={})
+
+    def as_encoded_now():   # each entry encoded afresh, the order of the records kept
+        return ",".join(_encoded(r) for r in records.values())
+
+    live.text(**head)
+    records["build"].status = StepStatus.SUCCEEDED
+    live.encode(["build", "d"])                  # "d" did not change: left as it was
+    assert live.text(**head).endswith(',"steps":{' + as_encoded_now() + "}}")
+    records["build"].error = "changed after it was encoded early"
+    assert live.text(**head).endswith(',"steps":{' + as_encoded_now() + "}}")
+    assert json.loads(live.text(**head))["steps"]["build"]["error"].startswith("changed after")
