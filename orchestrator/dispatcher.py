@@ -401,9 +401,13 @@ class Dispatcher:
                     continue
                 attempt = self.sched.attempt(sid) + 1
                 try:
-                    self._prepared[sid] = (attempt, self._spec(sid, attempt, self.clock()))
+                    spec = self._spec(sid, attempt, self.clock())
                 except Exception:  # noqa: BLE001 - built again at its start, which reports it
-                    pass
+                    continue
+                self._prepared[sid] = (attempt, spec)
+                prepare = getattr(self.pool, "prepare", None)
+                if prepare is not None:   # a pool that can get the spec's attempt ready too
+                    prepare(spec)
 
     def _on_done(self, sid: str, attempt: int, fut: Future) -> None:
         """Hand the result to the loop. In an executor's thread it must also wake the loop; a pool

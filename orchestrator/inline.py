@@ -82,6 +82,15 @@ class _Child:
         self.killers = 0
 
 
+def _sink_and_env(spec: StepSpec) -> tuple[LogSink, dict[str, str]]:
+    """What an attempt needs of its spec alone: its log (not created until written) and its
+    environment."""
+    env = base_env()
+    env.update(spec.env)
+    env["ORCHESTRATOR_OUTPUT"] = spec.output_path
+    return LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1), env
+
+
 class _Attempt:
     """One attempt of one shell step, advanced by the pool's `poll`."""
 
@@ -90,13 +99,10 @@ class _Attempt:
         self.started = time.time()
         self.deadline = time.monotonic() + spec.timeout
         self.next_sample = time.monotonic() + RSS_SAMPLE_EVERY / 10
-        self.sink = LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1)
+        prepared = pool.prepared.pop(id(spec), None)
+        self.sink, self.env = prepared[1:] if prepared and prepared[0] is spec else _sink_and_env(spec)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
         self.header = f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===\n"
-        env = base_env()
-        env.update(spec.env)
-        env["ORCHESTRATOR_OUTPUT"] = spec.output_path
-        self.env = env
         if spec.attempt > 1:  # a stale outputs file of an earlier attempt must go
             try:
                 os.unlink(spec.output_path)
@@ -293,6 +299,7 @@ class InlinePool:
         self.broken = False
         self.guardian = procs.start_guardian(run_id) if run_id else None
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
+        self.prepared: dict[int, tuple] = {}    # by id(spec): (spec, sink, env), see prepare
 
     # --- the pool face ------------------------------------------------------------------------------
     def submit(self, spec: StepSpec, callback: Callable[[Any], None]) -> Any:
@@ -315,6 +322,12 @@ class InlinePool:
                                           error=f"internal error: {type(e).__name__}: {e}",
                                           started_at=t, finished_at=t, worker="local"))
         return fut
+
+    def prepare(self, spec: StepSpec) -> None:
+        """Get a spec's log and environment ready before it is submitted (the dispatcher builds
+        the specs of the steps about to become ready while others run)."""
+        if not any(t.callable for t in spec.tasks):
+            self.prepared[id(spec)] = (spec, *_sink_and_env(spec))
 
     def fds(self) -> list[int]:
         return [*self._fds, *(self._py.fds() if self._py is not None else ())]
