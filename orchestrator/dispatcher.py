@@ -137,6 +137,7 @@ class Dispatcher:
         self.interrupted = False
         self._outputs, self._return_values = _Outputs(self.records), _ReturnValues(self.records)
         self._prepared: dict[str, tuple[int, StepSpec]] = {}   # specs built ahead (_prepare_next)
+        self._untold_starts: list[tuple[str, int]] = []        # started, not yet logged (_tell)
         self._started_since_prepare: list[str] = []
 
     # --- set-up ------------------------------------------------------------------------------------
@@ -205,12 +206,15 @@ class Dispatcher:
             while True:
                 now = self.clock()
                 self._handle_signals()
-                self._collect(now)
+                settled = self._collect(now)
                 if run_deadline is not None and now >= run_deadline and not self.sched.stopping:
                     reason = f"run timeout of {self.ws.execution.run_timeout:g}s reached"
                     self._log_line(f"RUN TIMEOUT {reason}")
                     self._apply(self.sched.stop(reason))
                 self._start_ready(self.clock())
+                # the steps that ended are told (log, console, records) once the steps they made
+                # ready have started: on a chain, off the critical path; then those starts, in order
+                self._tell(settled, now)
                 if self.sched.done and not self.inflight:
                     break
                 self._backstop(now)
@@ -372,8 +376,7 @@ class Dispatcher:
             self.pool.replace()
             fut = self.pool.submit(spec, lambda f, s=sid, a=attempt: self._on_done(s, a, f))
         if not restart:
-            self._log_line(f"STEP START {sid} attempt={attempt}")
-            self.reporter.step_started(sid, attempt, self.store.step_log(sid))
+            self._untold_starts.append((sid, attempt))   # told after the steps that ended (_tell)
         self.inflight[sid] = (attempt, fut)
         self._submitted[sid] = now
         self._started_since_prepare.append(sid)
@@ -467,7 +470,10 @@ class Dispatcher:
                 self.journal.dirty = True
         return partial
 
-    def _collect(self, now: float) -> None:
+    def _collect(self, now: float) -> list[tuple[StepResult, Any]]:
+        """Take in the results that came (the scheduler learns of each at once); returns them with
+        what the scheduler decided, for `_tell`."""
+        settled: list[tuple[StepResult, Any]] = []
         broken: list[tuple[str, int]] = []
         while self._done:
             sid, attempt, fut = self._done.popleft()
@@ -489,9 +495,24 @@ class Dispatcher:
                 result = self._lost(sid, attempt, StepStatus.FAILED,
                                     f"could not run on the worker: {type(e).__name__}: {e}")
             del self.inflight[sid]
-            self._record(result, now)
+            result, outcome = self._settle(result, now)
+            if outcome.retry_at is None and not outcome.changes and not outcome.cancel:
+                settled.append((result, outcome))    # the usual end: told after the next starts
+            else:   # a retry (it may start again at once) or a failure that changed others: now
+                self._told(result, outcome, now)
         if broken:
+            self._tell(settled, now)   # before the restarts and deaths that _recover logs
+            settled = []
             self._recover(broken, now)
+        return settled
+
+    def _tell(self, settled: list[tuple[StepResult, Any]], now: float) -> None:
+        for result, outcome in settled:
+            self._told(result, outcome, now)
+        starts, self._untold_starts = self._untold_starts, []
+        for sid, attempt in starts:
+            self._log_line(f"STEP START {sid} attempt={attempt}")
+            self.reporter.step_started(sid, attempt, self.store.step_log(sid))
 
     def _lost(self, sid: str, attempt: int, status: StepStatus, error: str) -> StepResult:
         t = self.wall()
@@ -545,14 +566,22 @@ class Dispatcher:
                     pass
 
     def _record(self, result: StepResult, now: float) -> None:
+        self._told(*self._settle(result, now), now)
+
+    def _settle(self, result: StepResult, now: float) -> tuple[StepResult, Any]:
+        """An attempt's result into its record and the scheduler (what decides the next starts)."""
         sid = result.step_id
-        rec = self.records[sid]
         result_error = mask(result.error, self.secrets)
         if result_error != result.error:
             result = StepResult(**{**result.__dict__, "error": result_error})
-        rec.absorb(result)
+        self.records[sid].absorb(result)   # outputs first: the specs of its dependents read them
         self.inflight.pop(sid, None)
-        outcome = self.sched.finish(sid, result.status, now, error=result.error)
+        return result, self.sched.finish(sid, result.status, now, error=result.error)
+
+    def _told(self, result: StepResult, outcome: Any, now: float) -> None:
+        """A settled result's status, log line and console line, and what it changed for others."""
+        sid = result.step_id
+        rec = self.records[sid]
         if outcome.retry_at is not None:
             rec.status = StepStatus.PENDING
             self._log_line(f"STEP RETRY {sid} attempt={result.attempt} {result.status.value}: "
