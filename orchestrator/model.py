@@ -306,6 +306,19 @@ class StepResult:
     worker: str = ""
     log_bytes: int = 0
 
+    def __init__(self, step_id: str, attempt: int, status: StepStatus, exit_code: int | None = None,
+                 error: str | None = None, started_at: float = 0.0, finished_at: float = 0.0,
+                 outputs: Mapping[str, Any] | None = None, return_value: Any = None,
+                 acceptance_tests: tuple[TestResult, ...] = (), peak_rss_bytes: int | None = None,
+                 cpu_time_s: float | None = None, worker: str = "", log_bytes: int = 0):
+        # the fields as declared above, in one dict update (one result a step: the generic record
+        # __init__ costs twice as much)
+        self.__dict__.update(
+            step_id=step_id, attempt=attempt, status=status, exit_code=exit_code, error=error,
+            started_at=started_at, finished_at=finished_at, outputs={} if outputs is None else outputs,
+            return_value=return_value, acceptance_tests=acceptance_tests, peak_rss_bytes=peak_rss_bytes,
+            cpu_time_s=cpu_time_s, worker=worker, log_bytes=log_bytes)
+
     @property
     def duration_s(self) -> float:
         return max(0.0, self.finished_at - self.started_at)
