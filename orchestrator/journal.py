@@ -25,7 +25,7 @@ from .model import StepStatus, Workstream
 from .records import StateJson, StepRecord, summary_dict
 from .junit import render_junit
 from .report import render_report
-from .store import RunStore, new_run_id
+from .store import RunStore, new_run_id, readable_item
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 STATE_FLUSH_INTERVAL = 0.2
+
+
+def _log_file(sid: str) -> str:
+    """A step's log, as the summary names it (relative to the run directory)."""
+    return f"steps/{sid}.log"
 
 
 class RunJournal:
@@ -111,8 +116,11 @@ class RunJournal:
         """Encode the state entries of the steps that just ended, while the loop would wait: they
         seldom change again, so the next state.json (the final one above all) is mostly a join."""
         if self.ended:
-            if self._state_text is not None:
-                self._state_text.encode(self.ended)
+            st = self._state_text
+            if st is not None and self.secrets:
+                st.encode(self.ended)
+            elif st is not None:   # and their summary entries and lines (see write_results)
+                st.make(self.ended, self.started_at, _log_file, readable_item)
             self.ended.clear()
 
     def state_json(self, status: str, finished: float | None = None) -> str:
@@ -162,13 +170,16 @@ class RunJournal:
 
     def write_results(self, status: str, finished: float) -> dict[str, Any]:
         self.store.write_json_text("state.json", self.state_json(status, finished))
-        log_files = {sid: f"steps/{sid}.log" for sid in self.records}
+        log_files = {sid: _log_file(sid) for sid in self.records}
+        st = self._state_text   # the entries of the steps that ended unchanged, made as they ended
         summary = summary_dict(ws=self.ws, run_id=self.run_id, status=status,
                                started_at=self.started_at, finished_at=finished,
-                               execution=self.execution, records=self.records, log_file=log_files)
+                               execution=self.execution, records=self.records, log_file=log_files,
+                               made=st.made if st is not None and not self.secrets else None)
         if self.holds:
             summary["adaptive_holds"] = self.holds
-        self.store.write_json("results_summary.json", summary)
+        self.store.write_json("results_summary.json", summary,
+                              known=st.lines if st is not None else None)
         tails = {s["id"]: self.store.log_tail(s["id"]) for s in summary["steps"]
                  if s["status"] not in ("succeeded", "pending", "blocked", "skipped")}
         # both are views of the summary just synced to disk: no fsync of their own (~1 ms each)

@@ -16,7 +16,7 @@ from .fmt import iso
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Iterable, Mapping
+    from typing import Any, Callable, Iterable, Mapping
 
 
 @record(frozen=False)
@@ -187,6 +187,8 @@ class StateJson:
         self.records, self.secrets = records, secrets
         self.entries = dict.fromkeys(records, "")
         self.changed: set[str] = set(records)
+        self.made: dict[str, dict[str, Any]] = {}    # summary entries of unchanged ended steps
+        self.lines: dict[int, tuple[dict[str, Any], str]] = {}   # by id(entry): (entry, its line)
         for rec in records.values():
             rec.__dict__["_changed"] = self.changed
 
@@ -197,13 +199,51 @@ class StateJson:
             if sid in changed:
                 changed.discard(sid)
                 entries[sid] = records[sid].state_entry(self.secrets)
+                self._unmake(sid)
+
+    def _unmake(self, sid: str) -> None:
+        step = self.made.pop(sid, None)
+        if step is not None:
+            del self.lines[id(step)]
+
+    def make(self, sids: Iterable[str], started_at: float, log_file: Callable[[str], str],
+             encode: Callable[[Any], str]) -> None:
+        """Make the summary entries of these ended steps now (and `encode` them: the line each has
+        in results_summary.json); a step that changes again has its entry dropped (`made`)."""
+        self.encode(sids)
+        for sid in sids:
+            rec = self.records[sid]
+            if rec.status.terminal and sid not in self.made:
+                step = summary_step(rec, rec.status, started_at, log_file(sid))
+                self.made[sid] = step
+                self.lines[id(step)] = (step, encode(step))
 
     def text(self, **head: Any) -> str:
         for sid in self.changed:
             self.entries[sid] = self.records[sid].state_entry(self.secrets)
+            self._unmake(sid)
         self.changed.clear()
         text = _compact(mask_obj(_state_head(**head), self.secrets))
         return text[:-1] + ',"steps":{' + ",".join(self.entries.values()) + "}}"
+
+
+def summary_step(rec: StepRecord, status: StepStatus, started_at: float, log_file: str) -> dict[str, Any]:
+    """One step's entry in results_summary.json (`status`: what the summary says it ended as)."""
+    dur = rec.duration_s
+    start_off = rec.started_at - started_at if rec.started_at is not None else None
+    end_off = rec.finished_at - started_at if rec.finished_at is not None else None
+    return {
+        "id": rec.step_id, "status": status.value, "description": rec.description,
+        "depends_on": list(rec.depends_on), "attempts": rec.attempts, "exit_code": rec.exit_code,
+        "error": rec.error,
+        "started_at": iso(rec.started_at) if rec.started_at is not None else None,
+        "finished_at": iso(rec.finished_at) if rec.finished_at is not None else None,
+        "start_offset_s": _r(start_off), "end_offset_s": _r(end_off), "duration_s": _r(dur),
+        "timeout_s": rec.timeout_s, "log_file": log_file, "blocked_by": list(rec.blocked_by),
+        "outputs": rec.outputs, "acceptance_tests": rec.acceptance_tests,
+        "peak_rss_bytes": rec.peak_rss_bytes, "cpu_time_s": rec.cpu_time_s, "worker": rec.worker,
+        "kept_from_earlier_session": rec.kept,
+    }
 
 
 def _state_head(*, ws: Workstream, run_id: str, status: str, pid: int, started_at: float,
@@ -219,7 +259,10 @@ def _state_head(*, ws: Workstream, run_id: str, status: str, pid: int, started_a
 
 def summary_dict(*, ws: Workstream, run_id: str, status: str, started_at: float, finished_at: float,
                  execution: Mapping[str, Any], records: Mapping[str, StepRecord],
-                 log_file: Mapping[str, str]) -> dict[str, Any]:
+                 log_file: Mapping[str, str],
+                 made: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """results_summary.json as a dict. `made`: step entries made earlier (`StateJson.made`) of
+    steps that have not changed since."""
     steps = []
     counts = {k: 0 for k in ("succeeded", "failed", "timed_out", "blocked", "skipped", "cancelled",
                              "pending")}
@@ -230,20 +273,8 @@ def summary_dict(*, ws: Workstream, run_id: str, status: str, started_at: float,
         dur = rec.duration_s
         if dur is not None and not rec.kept:
             seq += dur
-        start_off = rec.started_at - started_at if rec.started_at is not None else None
-        end_off = rec.finished_at - started_at if rec.finished_at is not None else None
-        steps.append({
-            "id": sid, "status": st.value, "description": rec.description,
-            "depends_on": list(rec.depends_on), "attempts": rec.attempts, "exit_code": rec.exit_code,
-            "error": rec.error,
-            "started_at": iso(rec.started_at) if rec.started_at is not None else None,
-            "finished_at": iso(rec.finished_at) if rec.finished_at is not None else None,
-            "start_offset_s": _r(start_off), "end_offset_s": _r(end_off), "duration_s": _r(dur),
-            "timeout_s": rec.timeout_s, "log_file": log_file[sid], "blocked_by": list(rec.blocked_by),
-            "outputs": rec.outputs, "acceptance_tests": rec.acceptance_tests,
-            "peak_rss_bytes": rec.peak_rss_bytes, "cpu_time_s": rec.cpu_time_s, "worker": rec.worker,
-            "kept_from_earlier_session": rec.kept,
-        })
+        step = made.get(sid) if made else None
+        steps.append(step if step is not None else summary_step(rec, st, started_at, log_file[sid]))
     wall = max(0.0, finished_at - started_at)
     total = len(steps)
     summary = dict(counts)

@@ -27,7 +27,7 @@ from .procs import pid_alive
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Mapping
     from os import PathLike
 
 RUN_ID_RE = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{8}$")
@@ -240,11 +240,16 @@ class RunStore:
             self._log = None
         self.release_lock()
 
-    def write_json(self, name: str, obj: Any) -> str:
-        """Replace a JSON file atomically, readable (`readable_json`), secrets masked."""
+    def write_json(self, name: str, obj: Any,
+                   known: Mapping[int, tuple[Any, str]] | None = None) -> str:
+        """Replace a JSON file atomically, readable (`readable_json`, with the `known` lines of its
+        items when there are no secrets to mask), secrets masked."""
         assert self.run_dir is not None
         path = os.path.join(self.run_dir, name)
-        atomic_write(path, readable_json(mask_obj(obj, self.secrets)) + "\n")
+        if self.secrets:
+            atomic_write(path, readable_json(mask_obj(obj, self.secrets)) + "\n")
+        else:
+            atomic_write(path, readable_json(obj, known) + "\n")
         return path
 
     def write_json_text(self, name: str, text: str, *, background: bool = False) -> str:
@@ -299,19 +304,30 @@ class RunStore:
 _readable_item = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
-def readable_json(obj: Any) -> str:
+def readable_item(obj: Any) -> str:
+    """One list item's line in `readable_json`."""
+    return _readable_item(obj)
+
+
+def readable_json(obj: Any, known: Mapping[int, tuple[Any, str]] | None = None) -> str:
     """Indented JSON whose list items (the steps) stand one per line in compact form.
 
     Python's indenting encoder is pure Python and several times slower than the compact C encoder;
-    this keeps a 1000-step summary readable (and greppable by step) at C speed.
+    this keeps a 1000-step summary readable (and greppable by step) at C speed. `known`: lines of
+    items encoded before (`readable_item`), by id(item): (item, line).
     """
     enc = _readable_item
     if not isinstance(obj, dict):
         return enc(obj)
+
+    def item(x: Any) -> str:
+        seen = known.get(id(x)) if known else None
+        return seen[1] if seen is not None and seen[0] is x else enc(x)
+
     lines = []
     for k, v in obj.items():
         if isinstance(v, list) and v:
-            body = ",\n".join("    " + enc(x) for x in v)
+            body = ",\n".join("    " + item(x) for x in v)
             lines.append(f"  {enc(k)}: [\n{body}\n  ]")
         elif isinstance(v, dict) and v:
             body = ",\n".join(f"    {enc(kk)}: {enc(vv)}" for kk, vv in v.items())

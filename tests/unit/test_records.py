@@ -99,3 +99,30 @@ def test_entries_encoded_early_are_encoded_again_when_their_step_changes():
     records["build"].error = "changed after it was encoded early"
     assert live.text(**head).endswith(',"steps":{' + as_encoded_now() + "}}")
     assert json.loads(live.text(**head))["steps"]["build"]["error"].startswith("changed after")
+
+
+def test_summary_entries_made_as_steps_end_are_the_ones_made_at_the_finish():
+    from orchestrator.records import summary_dict
+    from orchestrator.store import readable_item, readable_json
+
+    records = {r.step_id: r for r in (_ended(StepStatus.SUCCEEDED), _blocked(), _pending(), _running())}
+    live = StateJson(records, ())
+    head = dict(ws=type("W", (), {"id": "w", "title": "t"})(), run_id="r", status="running", pid=1,
+                started_at=1.0, updated_at=2.0, finished_at=None, execution={})
+    live.text(**head)
+    live.make(["s005", "d", "build"], 1796167938.0, lambda sid: f"steps/{sid}.log", readable_item)
+    assert set(live.made) == {"s005", "d"}           # "build" has not ended: nothing made for it
+    records["d"].blocked_by = ["a", "c", "e"]         # changed after its entry was made
+    live.text(**head)                                 # (the final state comes first at the finish)
+    assert set(live.made) == {"s005"}
+
+    def summary(made):
+        return summary_dict(ws=head["ws"], run_id="r", status="failed", started_at=1796167938.0,
+                            finished_at=1796167940.0, execution={}, records=records,
+                            log_file={sid: f"steps/{sid}.log" for sid in records}, made=made)
+
+    fresh, reused = summary(None), summary(live.made)
+    assert reused == fresh
+    assert reused["steps"][0] is live.made["s005"]
+    assert readable_json(reused, live.lines) == readable_json(fresh)
+    assert [s["blocked_by"] for s in reused["steps"] if s["id"] == "d"] == [["a", "c", "e"]]
