@@ -77,11 +77,18 @@ def _fenced(text: str, info: str = "text") -> list[str]:
     return [fence + info, text, fence]
 
 
+_GANTT_WORDS = frozenset(("title", "section", "dateFormat", "axisFormat", "excludes", "includes",
+                          "todayMarker", "tickInterval", "weekday", "click", "gantt"))
+_PLAIN_LABEL = re.compile(r"[^\s:#;]+(?: [^\s:#;]+)*")
+
+
 def _mermaid_label(text: str) -> str:
     """A gantt task label: `:` `#` `;` end or comment a task line, so they go."""
+    if type(text) is str and text.isprintable() and _PLAIN_LABEL.fullmatch(text) \
+            and text.split(" ", 1)[0] not in _GANTT_WORDS:
+        return text   # the usual step id: nothing below would change it
     label = re.sub(r"[:#;]", " ", clean(text)).strip() or "step"
-    if label.split()[0] in ("title", "section", "dateFormat", "axisFormat", "excludes", "includes",
-                            "todayMarker", "tickInterval", "weekday", "click", "gantt"):
+    if label.split()[0] in _GANTT_WORDS:
         label = "step " + label       # a keyword at the start would be read as a directive
     return " ".join(label.split())
 

@@ -547,3 +547,13 @@ def test_the_junit_timestamp_is_the_start_in_utc_whatever_its_spelling(started, 
     summary["started_at"] = started
     (suite,) = ET.fromstring(render_junit(summary).encode()).findall("testsuite")
     assert suite.get("timestamp") == stamp
+
+
+@pytest.mark.parametrize("text", ["s001", "a b", "a  b", " x", "title", "title x", "gantt", "x:y",
+                                  "a#b", "c;d", "", ":", "é☃", "\x1b[1mz", "tab\tx", "clicker"], ids=repr)
+def test_a_plain_gantt_label_is_the_text_itself_and_others_are_cleaned(text):
+    label = re.sub(r"[:#;]", " ", report.clean(text)).strip() or "step"
+    if label.split()[0] in ("title", "section", "dateFormat", "axisFormat", "excludes", "includes",
+                            "todayMarker", "tickInterval", "weekday", "click", "gantt"):
+        label = "step " + label
+    assert report._mermaid_label(text) == " ".join(label.split())
