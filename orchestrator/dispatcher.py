@@ -19,6 +19,7 @@ start again on it (their interrupted attempt is not counted).
 from __future__ import annotations
 
 import collections
+import gc
 import json
 import os
 import select
@@ -181,7 +182,8 @@ class Dispatcher:
             self.reporter.run_started(ws, self.run_id, self.run_dir, self.workers)
             # the first state.json is written by the loop's first pass, once the first steps are
             # started (it shows them running), from the store's writer thread
-            self._loop()
+            gc.freeze()   # the records and the scheduler's state live as long as the run: the
+            self._loop()  # collections while it runs then scan only what its steps leave
         except BaseException:
             self.status = "interrupted"
             self.journal.close_after_crash(started=hasattr(self, "sched"))
