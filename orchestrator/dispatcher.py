@@ -394,12 +394,13 @@ class Dispatcher:
         """Build the specs of the steps that the steps just started would make ready, while those
         run: on a chain, the next step then starts without waiting for its spec. Only a spec that
         is a function of the step and attempt alone is built early: no `${...}` to fill in from
-        outputs, no python inputs, no step group whose clock sets the timeout."""
+        outputs, no python inputs, no step group whose clock sets the timeout. As many as could
+        start at once: a step with thousands of dependents does not hold the loop for them."""
         started, self._started_since_prepare = self._started_since_prepare, []
         for running in started:
             if running not in self.inflight:
                 continue
-            for sid in self.sched.unlocked_by(running):
+            for sid in self.sched.unlocked_by(running, limit=self.workers):
                 step = self.ws.step(sid)
                 if sid in self._prepared or step.tool == PYTHON or sid in self.group_of \
                         or any("${" in t for t in (*step.tasks, *step.acceptance_tests)):

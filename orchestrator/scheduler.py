@@ -182,12 +182,17 @@ class Scheduler:
         st = self.state[step_id]
         return st.earlier_attempts + st.attempts
 
-    def unlocked_by(self, step_id: str) -> list[str]:
-        """Pending steps whose last unmet dependency is `step_id`: what its success would make ready
-        (a caller may get them ready to start while it runs)."""
+    def unlocked_by(self, step_id: str, limit: int) -> list[str]:
+        """Up to `limit` pending steps whose last unmet dependency is `step_id`: what its success
+        would make ready (a caller may get them ready to start while it runs)."""
         unmet, states, ids, pending = self._unmet, self._states, self._ids, StepStatus.PENDING
-        return [ids[j] for j in self._dependents[self._pos[step_id]]
-                if unmet[j] == 1 and states[j].status is pending]
+        out: list[str] = []
+        for j in self._dependents[self._pos[step_id]]:
+            if unmet[j] == 1 and states[j].status is pending:
+                out.append(ids[j])
+                if len(out) >= limit:
+                    break
+        return out
 
     @property
     def done(self) -> bool:

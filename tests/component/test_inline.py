@@ -141,3 +141,48 @@ def test_the_orchestrator_becomes_a_subreaper_with_or_without_ctypes_internals(t
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "1"
+
+
+def test_specs_built_ahead_run_as_specs_built_at_the_start(monkeypatch, make_workstream, run_workstream,
+                                                           project):
+    """The dispatcher builds the specs of the steps a started step would make ready while it runs.
+    Every step still sees its own attempt number, its dependencies' outputs and its group's clock,
+    and a spec built ahead is the one built at the start."""
+    from orchestrator import dispatcher as D
+
+    built_ahead, used = [], []
+    original_submit = D.Dispatcher._submit
+
+    def submit(self, sid, now, *, restart=False):
+        prepared = self._prepared.get(sid)
+        if prepared and prepared[0] == self.sched.attempt(sid):
+            assert prepared[1] == self._spec(sid, prepared[0], now)
+            used.append(sid)
+        return original_submit(self, sid, now, restart=restart)
+
+    original_prepare = D.Dispatcher._prepare_next
+
+    def prepare(self):
+        original_prepare(self)
+        built_ahead.extend(sid for sid in self._prepared if sid not in built_ahead)
+
+    monkeypatch.setattr(D.Dispatcher, "_submit", submit)
+    monkeypatch.setattr(D.Dispatcher, "_prepare_next", prepare)
+    log = project / "attempts.txt"
+    path = make_workstream([
+        {"id": "a", "tasks": ["printf 'k=v1\\n' >> \"$ORCHESTRATOR_OUTPUT\""]},
+        {"id": "b", "tasks": [f"echo b $ORCHESTRATOR_ATTEMPT >> {log}"], "depends_on": ["a"]},
+        {"id": "flaky", "depends_on": ["b"], "retries": 2, "retry_delay": 0,
+         "tasks": [f"echo flaky $ORCHESTRATOR_ATTEMPT >> {log}; test $ORCHESTRATOR_ATTEMPT = 3"]},
+        {"id": "uses", "tasks": ["test \"${steps.a.outputs.k}\" = v1"], "depends_on": ["flaky"]},
+        {"id": "grouped", "tasks": ["true"], "depends_on": ["uses"]},
+        {"id": "last", "tasks": [f"echo last $ORCHESTRATOR_ATTEMPT >> {log}"], "depends_on": ["grouped"]},
+    ], step_groups=[{"id": "g", "steps": ["grouped"], "timeout": 30}])
+    outcome, summary = run_workstream(path)
+    by = steps_by_id(summary)
+    assert all(s["status"] == "succeeded" for s in summary["steps"]), summary["steps"]
+    assert by["flaky"]["attempts"] == 3
+    assert log.read_text().split("\n")[:-1] == ["b 1", "flaky 1", "flaky 2", "flaky 3", "last 1"]
+    # built ahead: the plain steps; not `uses` (fills in an output), nor `grouped` (its group's clock)
+    assert {"b", "flaky", "last"} <= set(built_ahead) and not {"uses", "grouped"} & set(built_ahead)
+    assert {"b", "flaky", "last"} <= set(used)

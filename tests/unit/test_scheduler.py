@@ -266,3 +266,16 @@ def test_a_retry_delay_that_ends_between_take_ready_and_next_wakeup_still_wakes_
     late = out.retry_at + 0.5                   # the delay ended before the loop asked
     assert s.next_wakeup(late) == late
     assert s.take_ready(late) == ["a"]
+
+
+def test_unlocked_by_names_the_pending_steps_a_running_step_is_the_last_dependency_of():
+    ws = ws_of(("a", []), ("b", []), ("c", ["a"]), ("d", ["a", "b"]), ("e", ["a"]), ("f", ["a"]),
+               max_workers=4)
+    s = Scheduler(ws)
+    assert s.take_ready(0) == ["a", "b"]
+    assert s.unlocked_by("a", limit=10) == ["c", "e", "f"]      # d waits for b as well
+    assert s.unlocked_by("a", limit=2) == ["c", "e"]
+    s.finish("b", S.SUCCEEDED, 1)
+    assert s.unlocked_by("a", limit=10) == ["c", "d", "e", "f"]
+    s.finish("a", S.FAILED, 2)                                  # blocked: nothing to get ready
+    assert s.unlocked_by("a", limit=10) == []
