@@ -359,7 +359,12 @@ class Dispatcher:
         rec.task_index, rec.task_count = None, None
         try:
             prepared = self._prepared.pop(sid, None)
-            spec = prepared[1] if prepared and prepared[0] == attempt else self._spec(sid, attempt, now)
+            if prepared and prepared[0] == attempt:
+                spec = prepared[1]
+            else:
+                if prepared:   # built for another attempt
+                    self._forget(prepared[1])
+                spec = self._spec(sid, attempt, now)
         except InterpolationError as e:
             t = self.wall()
             self._record(StepResult(sid, attempt, StepStatus.FAILED, error=mask(str(e), self.secrets),
@@ -414,6 +419,17 @@ class Dispatcher:
                 prepare = getattr(self.pool, "prepare", None)
                 if prepare is not None:   # a pool that can get the spec's attempt ready too
                     prepare(spec)
+
+    def _drop_prepared(self, sid: str) -> None:
+        """A step that will not start (blocked, skipped): its spec built ahead goes."""
+        prepared = self._prepared.pop(sid, None)
+        if prepared is not None:
+            self._forget(prepared[1])
+
+    def _forget(self, spec: StepSpec) -> None:
+        forget = getattr(self.pool, "forget", None)
+        if forget is not None:
+            forget(spec)
 
     def _on_done(self, sid: str, attempt: int, fut: Future) -> None:
         """Hand the result to the loop. In an executor's thread it must also wake the loop; a pool
@@ -606,6 +622,7 @@ class Dispatcher:
 
     def _apply(self, outcome) -> None:
         for ch in outcome.changes:
+            self._drop_prepared(ch.step_id)   # blocked or skipped: it will not start
             rec = self.records[ch.step_id]
             rec.status = ch.status
             rec.error = ch.reason

@@ -329,6 +329,10 @@ class InlinePool:
         if not any(t.callable for t in spec.tasks):
             self.prepared[id(spec)] = (spec, *_sink_and_env(spec))
 
+    def forget(self, spec: StepSpec) -> None:
+        """A prepared spec that will not be submitted."""
+        self.prepared.pop(id(spec), None)
+
     def fds(self) -> list[int]:
         return [*self._fds, *(self._py.fds() if self._py is not None else ())]
 

@@ -186,3 +186,25 @@ def test_specs_built_ahead_run_as_specs_built_at_the_start(monkeypatch, make_wor
     # built ahead: the plain steps; not `uses` (fills in an output), nor `grouped` (its group's clock)
     assert {"b", "flaky", "last"} <= set(built_ahead) and not {"uses", "grouped"} & set(built_ahead)
     assert {"b", "flaky", "last"} <= set(used)
+
+
+def test_what_was_built_ahead_for_steps_that_never_start_is_let_go(make_workstream, run_workstream,
+                                                                  project, monkeypatch):
+    """A failed step's dependents were got ready while it ran; once they are blocked, neither the
+    dispatcher nor the pool keeps their specs, logs or environments."""
+    from orchestrator import dispatcher as D
+
+    kept = {}
+    original_finish = D.Dispatcher._finish
+
+    def finish(self):
+        kept["dispatcher"], kept["pool"] = dict(self._prepared), dict(self.pool.prepared)
+        return original_finish(self)
+
+    monkeypatch.setattr(D.Dispatcher, "_finish", finish)
+    path = make_workstream([{"id": "root", "tasks": ["exit 1"]},
+                            *[{"id": f"d{i}", "tasks": ["true"], "depends_on": ["root"]} for i in range(6)]],
+                           execution={"max_workers": 3})
+    outcome, summary = run_workstream(path)
+    assert {s["status"] for s in summary["steps"] if s["id"] != "root"} == {"blocked"}
+    assert kept == {"dispatcher": {}, "pool": {}}
