@@ -8,6 +8,8 @@ store (the one module that owns the run directory):
     log(line)            a line of orchestrator.log
     dirty, flush()       state.json, coalesced: at most every STATE_FLUSH_INTERVAL and only after a
                          change; only the steps that changed are encoded again (`StateJson`)
+    ended, encode_ended() the steps that just ended, encoded (state entry, summary entry and line)
+                         while the loop would wait, so that flushes and the finish mostly join
     finish(status)       the final state.json, results_summary.json, the markdown report, junit.xml,
                          the duration history and the RUN END line
     close_after_crash()  what is known so far, when the loop itself failed
