@@ -46,10 +46,14 @@ DIAGRAM_MAX_STEPS = 200   # above this, the report's Mermaid timeline and flowch
 _PLAIN_CELL = re.compile(r"[^\s\\|<>`]+(?: [^\s\\|<>`]+)*")
 
 
+def _plain(text: Any, words: re.Pattern[str] = _PLAIN_CELL) -> bool:
+    """A printable str of single-spaced `words`: what a cleaning step would return unchanged."""
+    return type(text) is str and text.isprintable() and words.fullmatch(text) is not None
+
+
 def _md_cell(text: Any, limit: int | None = None) -> str:
     """One table cell: one line, pipes escaped, HTML neutralised, optionally truncated."""
-    if type(text) is str and (not text or (text.isprintable() and _PLAIN_CELL.fullmatch(text)
-                                            and (not limit or len(text) <= limit))):
+    if (type(text) is str and not text) or (_plain(text) and (not limit or len(text) <= limit)):
         return text
     flat = " ".join(clean(text).split())
     if limit and len(flat) > limit:
@@ -59,7 +63,7 @@ def _md_cell(text: Any, limit: int | None = None) -> str:
 
 def _code(text: Any) -> str:
     """An inline code span that survives backticks and pipes inside table cells."""
-    if type(text) is str and text.isprintable() and _PLAIN_CELL.fullmatch(text):
+    if _plain(text):
         return f"`{text}`"
     flat = " ".join(clean(text).split()).replace("|", "\\|")
     if "`" not in flat:                 # the usual case (a step id, a command): one tick each side
@@ -84,8 +88,7 @@ _PLAIN_LABEL = re.compile(r"[^\s:#;]+(?: [^\s:#;]+)*")
 
 def _mermaid_label(text: str) -> str:
     """A gantt task label: `:` `#` `;` end or comment a task line, so they go."""
-    if type(text) is str and text.isprintable() and _PLAIN_LABEL.fullmatch(text) \
-            and text.split(" ", 1)[0] not in _GANTT_WORDS:
+    if _plain(text, _PLAIN_LABEL) and text.split(" ", 1)[0] not in _GANTT_WORDS:
         return text   # the usual step id: nothing below would change it
     label = re.sub(r"[:#;]", " ", clean(text)).strip() or "step"
     if label.split()[0] in _GANTT_WORDS:

@@ -301,12 +301,8 @@ class RunStore:
 
 
 # json.dumps with options builds a JSONEncoder per call: one, made once, for every summary row
-_readable_item = json.JSONEncoder(default=str, ensure_ascii=False).encode
-
-
-def readable_item(obj: Any) -> str:
-    """One list item's line in `readable_json`."""
-    return _readable_item(obj)
+# one list item's line in `readable_json`
+readable_item = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
 def readable_json(obj: Any, known: Mapping[int, tuple[Any, str]] | None = None) -> str:
@@ -316,7 +312,7 @@ def readable_json(obj: Any, known: Mapping[int, tuple[Any, str]] | None = None) 
     this keeps a 1000-step summary readable (and greppable by step) at C speed. `known`: lines of
     items encoded before (`readable_item`), by id(item): (item, line).
     """
-    enc = _readable_item
+    enc = readable_item
     if not isinstance(obj, dict):
         return enc(obj)
 
