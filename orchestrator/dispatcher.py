@@ -187,8 +187,18 @@ class Dispatcher:
         except BaseException:
             self.status = "interrupted"
             self.journal.close_after_crash(started=hasattr(self, "sched"))
+            self._release()
             raise
-        return self._finish()
+        try:
+            return self._finish()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """What the pool's shutdown let go of without waiting (the inline pool's guardian)."""
+        release = getattr(getattr(self, "pool", None), "release", None)  # no pool before the loop
+        if release is not None:
+            release()
 
     def _loop(self) -> None:
         wake_r, wake_w = os.pipe()

@@ -298,6 +298,7 @@ class InlinePool:
         self.hwm = own_hwm()
         self.broken = False
         self.guardian = procs.start_guardian(run_id) if run_id else None
+        self._stopped_guardian: int | None = None
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
         self.prepared: dict[int, tuple] = {}    # by id(spec): (spec, sink, env), see prepare
 
@@ -402,8 +403,14 @@ class InlinePool:
         if self._py is not None:
             self._py.shutdown(kill=kill)
         self.end_orphans(final=True)
-        procs.stop_guardian(self.guardian)
-        self.guardian = None
+        # the guardian exits while the run writes its results; `release` reaps it
+        procs.stop_guardian(self.guardian, wait=False)
+        self._stopped_guardian, self.guardian = self.guardian, None
+
+    def release(self) -> None:
+        """After the run's last file is written: reap what `shutdown` stopped without waiting."""
+        procs.reap(self._stopped_guardian)
+        self._stopped_guardian = None
 
     # --- for the attempts ---------------------------------------------------------------------------
     def spawn(self, argv: tuple[str, ...], env: dict[str, str], wfd: int, cwd: str) -> int:

@@ -373,11 +373,22 @@ def start_guardian(run_id: str) -> int | None:
         os._exit(code)
 
 
-def stop_guardian(pid: int | None) -> None:
+def stop_guardian(pid: int | None, *, wait: bool = True) -> None:
+    """SIGTERM to the guardian, and reap it (`wait`), or leave that to `reap` (it exits meanwhile)."""
     if pid is None:
         return
     try:
         os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
     except OSError:
-        pass
+        return
+    if wait:
+        reap(pid)
+
+
+def reap(pid: int | None) -> None:
+    """Wait for our child `pid` to end (nothing when it is already reaped, or None)."""
+    if pid is not None:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass

@@ -3,6 +3,7 @@
 the same way: these tests run the same workstreams through both."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,40 @@ def test_what_was_built_ahead_for_steps_that_never_start_is_let_go(make_workstre
     outcome, summary = run_workstream(path)
     assert {s["status"] for s in summary["steps"] if s["id"] != "root"} == {"blocked"}
     assert kept == {"dispatcher": {}, "pool": {}}
+
+
+def _children() -> list[int]:
+    from orchestrator import procs
+    return procs.own_children()
+
+
+@pytest.mark.parametrize("ending", ["finished", "crashed"])
+def test_the_guardian_is_gone_when_the_run_returns(ending, monkeypatch, make_workstream, run_workstream):
+    """The pool's shutdown lets its guardian exit while the results are written; by the time the run
+    returns (or raises), it is reaped: no child of ours, not even a zombie, is left."""
+    from orchestrator import dispatcher, procs
+    started: list[int] = []
+    real_start = procs.start_guardian
+
+    def start(run_id):
+        pid = real_start(run_id)
+        started.append(pid)
+        return pid
+    monkeypatch.setattr(procs, "start_guardian", start)
+    if ending == "crashed":
+        def broken(self):
+            raise RuntimeError("the finish broke")
+        monkeypatch.setattr(dispatcher.Dispatcher, "_finish", broken)
+    before = set(_children())
+    path = make_workstream([{"id": "a", "tasks": ["true"]}, {"id": "b", "tasks": ["true"],
+                                                             "depends_on": ["a"]}])
+    if ending == "crashed":
+        with pytest.raises(RuntimeError):
+            run_workstream(path)
+    else:
+        outcome, summary = run_workstream(path)
+        assert [s["status"] for s in summary["steps"]] == ["succeeded", "succeeded"]
+    assert len(started) == 1 and started[0] is not None
+    assert set(_children()) - before == set()
+    with pytest.raises(ChildProcessError):   # reaped: not even a zombie waits for us
+        os.waitpid(started[0], os.WNOHANG)
