@@ -1,6 +1,6 @@
 """The Python floor: the least a dispatcher written in Python can do per step, as a reference engine.
 
-    python bench/floor.py WORKSTREAM.json [-j N]
+    python bench/floor.py WORKSTREAM.json [-j N] [--busy US]
 
 It reads the workstream's steps and dependencies and runs each step's commands as the orchestrator's
 inline pool does at its fastest (plain words exec'd directly with `posix_spawn`, anything else through
@@ -8,6 +8,10 @@ inline pool does at its fastest (plain words exec'd directly with `posix_spawn`,
 slot is free. It records nothing: no log files, no state, no summary, no report, no timeouts, no process
 trees, no retries. Whatever the orchestrator costs above this is bookkeeping; whatever this costs above
 make is the price of the interpreter and its system calls. Exit 1 when a step failed.
+
+`--busy US` spins US microseconds of Python after each spawn, where a dispatcher does its bookkeeping:
+the wall it gives is what a dispatcher spending that much per step can reach at best (bench/NOTES.md,
+session 8, has the curve).
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import json
 import os
 import select
 import sys
+import time
 
 
 def _argv(cmd: str) -> list[str]:
@@ -25,9 +30,14 @@ def _argv(cmd: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    path, workers = argv[0], 0
-    if len(argv) >= 3 and argv[1] == "-j":
-        workers = int(argv[2])
+    path, workers, busy = argv[0], 0, 0.0
+    rest = argv[1:]
+    while len(rest) >= 2:
+        if rest[0] == "-j":
+            workers = int(rest[1])
+        elif rest[0] == "--busy":
+            busy = float(rest[1]) / 1e6
+        rest = rest[2:]
     with open(path) as f:
         ws = json.load(f)
     workers = workers or ws.get("execution", {}).get("max_workers") or 4
@@ -54,6 +64,10 @@ def main(argv: list[str]) -> int:
         fd = os.pidfd_open(pid)
         poll.register(fd, select.POLLIN)
         running[fd] = (sid, pid, i)
+        if busy:
+            until = time.perf_counter() + busy
+            while time.perf_counter() < until:
+                pass
 
     def finish(sid: str) -> None:
         for u in users[sid]:
