@@ -589,10 +589,7 @@ class Dispatcher:
                 procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
         for pid in procs.children(os.getpid()):
             if pid not in workers and not procs.pid_alive(pid):
-                try:
-                    os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
+                procs.reap(pid)
 
     def _record(self, result: StepResult, now: float) -> None:
         self._told(*self._settle(result, now), now)

@@ -389,10 +389,7 @@ class InlinePool:
             c = att.child
             if c is not None:
                 procs.kill_tree(c.pid, pgids=[c.pid], grace=0.0, include_root=True, reap=False)
-                try:
-                    os.waitpid(c.pid, 0)
-                except ChildProcessError:
-                    pass
+                procs.reap(c.pid)
                 for fd in (c.pidfd, c.rfd):
                     os.close(fd)
             att.sink.close()
@@ -404,7 +401,7 @@ class InlinePool:
             self._py.shutdown(kill=kill)
         self.end_orphans(final=True)
         # the guardian exits while the run writes its results; `release` reaps it
-        procs.stop_guardian(self.guardian, wait=False)
+        procs.stop_guardian(self.guardian)
         self._stopped_guardian, self.guardian = self.guardian, None
 
     def release(self) -> None:
@@ -506,7 +503,4 @@ class InlinePool:
             if procs.pid_alive(pid):
                 procs.kill_tree(pid, include_root=True, grace=0.0, reap=False)
         for pid in orphans:
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+            procs.reap(pid)

@@ -373,16 +373,13 @@ def start_guardian(run_id: str) -> int | None:
         os._exit(code)
 
 
-def stop_guardian(pid: int | None, *, wait: bool = True) -> None:
-    """SIGTERM to the guardian, and reap it (`wait`), or leave that to `reap` (it exits meanwhile)."""
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except OSError:
-        return
-    if wait:
-        reap(pid)
+def stop_guardian(pid: int | None) -> None:
+    """SIGTERM to the guardian; it exits meanwhile, and `reap` waits for it."""
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
 
 
 def reap(pid: int | None) -> None:

@@ -211,11 +211,6 @@ def test_what_was_built_ahead_for_steps_that_never_start_is_let_go(make_workstre
     assert kept == {"dispatcher": {}, "pool": {}}
 
 
-def _children() -> list[int]:
-    from orchestrator import procs
-    return procs.own_children()
-
-
 @pytest.mark.parametrize("ending", ["finished", "crashed"])
 def test_the_guardian_is_gone_when_the_run_returns(ending, monkeypatch, make_workstream, run_workstream):
     """The pool's shutdown lets its guardian exit while the results are written; by the time the run
@@ -233,7 +228,7 @@ def test_the_guardian_is_gone_when_the_run_returns(ending, monkeypatch, make_wor
         def broken(self):
             raise RuntimeError("the finish broke")
         monkeypatch.setattr(dispatcher.Dispatcher, "_finish", broken)
-    before = set(_children())
+    before = set(procs.own_children())
     path = make_workstream([{"id": "a", "tasks": ["true"]}, {"id": "b", "tasks": ["true"],
                                                              "depends_on": ["a"]}])
     if ending == "crashed":
@@ -243,6 +238,6 @@ def test_the_guardian_is_gone_when_the_run_returns(ending, monkeypatch, make_wor
         outcome, summary = run_workstream(path)
         assert [s["status"] for s in summary["steps"]] == ["succeeded", "succeeded"]
     assert len(started) == 1 and started[0] is not None
-    assert set(_children()) - before == set()
+    assert set(procs.own_children()) - before == set()
     with pytest.raises(ChildProcessError):   # reaped: not even a zombie waits for us
         os.waitpid(started[0], os.WNOHANG)
