@@ -20,7 +20,7 @@ from .model import StepResult, StepSpec, StepStatus, Task, TestResult
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 RSS_SAMPLE_EVERY = 0.5
 
@@ -32,7 +32,7 @@ class LogSink:
         self.path = path
         self.flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (0 if append else os.O_TRUNC)
         self.fd: int | None = None     # created with the first output, or at close when kept
-        self.held: list[str] = []      # our own notes, until the file is created
+        self.held: list[str | Callable[[], str]] = []   # our own notes, until the file is created
         self.head_limit = max(0, max_bytes // 2)
         self.tail_limit = max(0, max_bytes - self.head_limit)
         self.written = 0
@@ -56,7 +56,7 @@ class LogSink:
         self.fd = os.open(self.path, self.flags, 0o600)
         held, self.held = self.held, []
         for text in held:   # not into `recent`: test tails are the tests' own output
-            self._write(text.encode() + b"\n", remember=False)
+            self._write(_line(text), remember=False)
         return self.fd
 
     def write(self, data: bytes, final: bool = False) -> None:
@@ -92,11 +92,13 @@ class LogSink:
                 self.tail_size -= len(self.tail[0])
                 self.tail.popleft()
 
-    def note(self, text: str) -> None:
+    def note(self, text: str | Callable[[], str]) -> None:
+        """A line of our own. It may be given as a function that makes it: a step that succeeds
+        without output never has its lines made (the file is not created)."""
         if self.fd is None:
             self.held.append(text)
         else:
-            self._write(text.encode() + b"\n")
+            self._write(_line(text))
 
     def recent_text(self, lines: int = 20) -> str:
         return "\n".join(bytes(self.recent).decode(errors="replace").splitlines()[-lines:])
@@ -120,6 +122,10 @@ class LogSink:
                                    f"(max_log_bytes) ...]\n".encode())
             os.write(self.fd, blob)
         os.close(self.fd)
+
+
+def _line(text: str | Callable[[], str]) -> bytes:
+    return (text if isinstance(text, str) else text()).encode() + b"\n"
 
 
 def keep_log(spec: StepSpec, status: StepStatus) -> bool:

@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+from functools import partial
 
 from . import procs
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
@@ -91,23 +92,33 @@ def _sink_and_env(spec: StepSpec) -> tuple[LogSink, dict[str, str]]:
     return LogSink(spec.log_path, spec.max_log_bytes, spec.secrets, append=spec.attempt > 1), env
 
 
-class _Attempt:
-    """One attempt of one shell step, advanced by the pool's `poll`."""
+# a log's own lines, made only when the log file is (LogSink.note): from values, not from the
+# attempt (a function holding it would make a reference cycle of every attempt)
+def _first_line(step_id: str, attempt: int, started: float, then: Callable[[], str] | None) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))
+    head = f"=== {step_id} attempt {attempt} started {stamp} ==="
+    return head if then is None else f"{head}\n{then()}"
 
-    def __init__(self, pool: "InlinePool", spec: StepSpec, fut: Outcome):
-        self.pool, self.spec, self.fut = pool, spec, fut
-        self.started = time.time()
-        self.deadline = time.monotonic() + spec.timeout
-        self.next_sample = time.monotonic() + RSS_SAMPLE_EVERY / 10
-        prepared = pool.prepared.pop(id(spec), None)
-        self.sink, self.env = prepared[1:] if prepared and prepared[0] is spec else _sink_and_env(spec)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.started))
-        self.header = f"=== {spec.step_id} attempt {spec.attempt} started {stamp} ===\n"
-        if spec.attempt > 1:  # a stale outputs file of an earlier attempt must go
-            try:
-                os.unlink(spec.output_path)
-            except FileNotFoundError:
-                pass
+
+def _task_line(index: int, count: int, label: str) -> str:
+    return f"--- task {index}/{count}: {label}"
+
+
+def _end_line(step_id: str, attempt: int, status: str) -> str:
+    return f"=== {step_id} attempt {attempt} {status} ==="
+
+
+class _Attempt:
+    """One attempt of one shell step, advanced by the pool's `poll`. Made when its spec is
+    prepared (or submitted); `begin` starts its clock and its first child."""
+
+    def __init__(self, pool: "InlinePool", spec: StepSpec):
+        self.pool, self.spec = pool, spec
+        self.fut: Outcome | None = None
+        self.started = 0.0
+        self.deadline = self.next_sample = float("inf")
+        self.sink, self.env = _sink_and_env(spec)
+        self.opened = False                   # the log's first line ("=== ... started") noted
         self.verdict = Verdict()
         self.stop: str | None = None          # None | "timeout" | "cancelled"
         self.stop_now = False
@@ -115,6 +126,28 @@ class _Attempt:
         self.index = 0                        # children started so far (tasks, then tests)
         self.testing = False
         self.peak = 0
+
+    def begin(self, fut: Outcome) -> None:
+        spec = self.spec
+        self.fut = fut
+        self.started = time.time()
+        now = time.monotonic()
+        self.deadline = now + spec.timeout
+        self.next_sample = now + RSS_SAMPLE_EVERY / 10
+        if spec.attempt > 1:  # a stale outputs file of an earlier attempt must go
+            try:
+                os.unlink(spec.output_path)
+            except FileNotFoundError:
+                pass
+        self.advance()
+
+    def _note(self, line: Callable[[], str] | None) -> None:
+        """Note `line`, after the log's first line if that is still to come (None: only that)."""
+        if not self.opened:
+            self.opened = True
+            self.sink.note(partial(_first_line, self.spec.step_id, self.spec.attempt, self.started, line))
+        elif line is not None:
+            self.sink.note(line)
 
     # --- children -----------------------------------------------------------------------------------
     def advance(self) -> None:
@@ -129,15 +162,12 @@ class _Attempt:
                     continue
                 if n_tasks > 1:
                     self.pool.progress(spec.step_id, i + 1, n_tasks)
-                self.sink.note(f"{self.header}--- task {i + 1}/{n_tasks}: {spec.tasks[i].label}")
-                self.header = ""
+                self._note(partial(_task_line, i + 1, n_tasks, spec.tasks[i].label))
                 if self._spawn(spec.tasks[i]):
                     return
             elif i < n_tasks + n_tests:
                 if i == n_tasks:
-                    if self.header:  # no tasks: the header still opens the log
-                        self.sink.note(self.header.rstrip("\n"))
-                        self.header = ""
+                    self._note(None)   # no tasks: the first line still opens the log
                     self.testing = v.status is StepStatus.SUCCEEDED
                 if not self.testing:
                     continue          # the tasks did not succeed: no acceptance tests
@@ -150,8 +180,7 @@ class _Attempt:
                 if self._spawn(test):
                     return
             else:
-                if self.header:
-                    self.sink.note(self.header.rstrip("\n"))
+                self._note(None)
                 self._finish()
                 return
 
@@ -246,7 +275,7 @@ class _Attempt:
 
     def _finish(self) -> None:
         spec, v = self.spec, self.verdict
-        self.sink.note(f"=== {spec.step_id} attempt {spec.attempt} {v.status.value} ===")
+        self.sink.note(partial(_end_line, spec.step_id, spec.attempt, v.status.value))
         self.sink.close(keep=keep_log(spec, v.status))
         self.pool.done(self)
         self.fut.set_result(build_result(spec, self.started, v, self.sink, "local"))
@@ -300,7 +329,7 @@ class InlinePool:
         self.guardian = procs.start_guardian(run_id) if run_id else None
         self._stopped_guardian: int | None = None
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
-        self.prepared: dict[int, tuple] = {}    # by id(spec): (spec, sink, env), see prepare
+        self.prepared: dict[int, _Attempt] = {}   # by id(spec), see prepare
 
     # --- the pool face ------------------------------------------------------------------------------
     def submit(self, spec: StepSpec, callback: Callable[[Any], None]) -> Any:
@@ -312,9 +341,11 @@ class InlinePool:
         fut = Outcome()
         fut.add_done_callback(callback)
         try:
-            att = _Attempt(self, spec, fut)
+            att = self.prepared.pop(id(spec), None)
+            if att is None or att.spec is not spec:
+                att = _Attempt(self, spec)
             self._running[fut] = att
-            att.advance()
+            att.begin(fut)
         except BaseException as e:  # noqa: BLE001 - as a worker: every outcome is a result
             self._running.pop(fut, None)
             if not fut.done():
@@ -328,7 +359,7 @@ class InlinePool:
         """Get a spec's log and environment ready before it is submitted (the dispatcher builds
         the specs of the steps about to become ready while others run)."""
         if not any(t.callable for t in spec.tasks):
-            self.prepared[id(spec)] = (spec, *_sink_and_env(spec))
+            self.prepared[id(spec)] = _Attempt(self, spec)
 
     def forget(self, spec: StepSpec) -> None:
         """A prepared spec that will not be submitted."""
@@ -431,7 +462,8 @@ class InlinePool:
 
     def done(self, att: _Attempt) -> None:
         self._running.pop(att.fut, None)
-        self._killers = [t for t in self._killers if t.is_alive()]
+        if self._killers:
+            self._killers = [t for t in self._killers if t.is_alive()]
 
     def progress(self, sid: str, index: int, count: int) -> None:
         if self.progress_fd is not None:
