@@ -364,9 +364,7 @@ class Dispatcher:
     def _submit(self, sid: str, now: float, *, restart: bool = False) -> None:
         rec = self.records[sid]
         attempt = self.sched.attempt(sid)
-        rec.attempts = attempt
-        rec.status = StepStatus.RUNNING
-        rec.task_index, rec.task_count = None, None
+        rec.begin_attempt(attempt)
         try:
             prepared = self._prepared.pop(sid, None)
             if prepared and prepared[0] == attempt:
@@ -536,12 +534,18 @@ class Dispatcher:
         return settled
 
     def _tell(self, settled: list[tuple[StepResult, Any]], now: float) -> None:
-        for result, outcome in settled:
-            self._told(result, outcome, now)
         starts, self._untold_starts = self._untold_starts, []
-        for sid, attempt in starts:
-            self._log_line(f"STEP START {sid} attempt={attempt}")
-            self.reporter.step_started(sid, attempt, self.store.step_log(sid))
+        if not settled and not starts:
+            return
+        self.store.hold_log()   # this pass's lines in one write
+        try:
+            for result, outcome in settled:
+                self._told(result, outcome, now)
+            for sid, attempt in starts:
+                self._log_line(f"STEP START {sid} attempt={attempt}")
+                self.reporter.step_started(sid, attempt, self.store.step_log(sid))
+        finally:
+            self.store.release_log()
 
     def _lost(self, sid: str, attempt: int, status: StepStatus, error: str) -> StepResult:
         t = self.wall()

@@ -76,6 +76,12 @@ class StepRecord:
             d["cpu_time_s"] = round((d["cpu_time_s"] or 0.0) + result.cpu_time_s, 4)
         _report_change(d)
 
+    def begin_attempt(self, attempt: int) -> None:
+        """Attempt `attempt` is about to start (its fields at once, the change reported once)."""
+        d = self.__dict__
+        d.update(attempts=attempt, status=StepStatus.RUNNING, task_index=None, task_count=None)
+        _report_change(d)
+
     def __setattr__(self, name: str, value: Any) -> None:
         d = self.__dict__
         d[name] = value

@@ -122,6 +122,7 @@ class RunStore:
         self.run_dir: str | None = None
         self._lock_fd: int | None = None
         self._log: int | None = None   # orchestrator.log, opened on the first line
+        self._held: list[bytes] | None = None   # lines kept back (hold_log)
         self._writer: _Writer | None = None
         self.secrets: tuple[str, ...] = ()   # masked in everything this store writes
         self._stamp_sec, self._stamp = -1, ""
@@ -229,12 +230,26 @@ class RunStore:
         sec = int(now)
         if sec != self._stamp_sec:  # one clock read per line; strftime once a second
             self._stamp_sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        # one write(2) a line, to an O_APPEND descriptor: whole lines, at once, for tail -f
-        os.write(self._log, f"{self._stamp}.{int((now - sec) * 1000):03d}Z "
-                            f"{mask(line, self.secrets)}\n".encode())
+        data = f"{self._stamp}.{int((now - sec) * 1000):03d}Z {mask(line, self.secrets)}\n".encode()
+        if self._held is not None:
+            self._held.append(data)
+        else:  # one write(2) a line, to an O_APPEND descriptor: whole lines, at once, for tail -f
+            os.write(self._log, data)
+
+    def hold_log(self) -> None:
+        """Keep the next lines until `release_log`, which writes them at once: the lines one pass
+        of the run loop logs (a step's END, the next one's START) cost one write(2), not one each."""
+        if self._held is None:
+            self._held = []
+
+    def release_log(self) -> None:
+        held, self._held = self._held, None
+        if held and self._log is not None:
+            os.write(self._log, b"".join(held))
 
     def close(self) -> None:
         self.settle()
+        self.release_log()
         if self._log is not None:
             os.close(self._log)
             self._log = None
