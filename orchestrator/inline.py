@@ -126,6 +126,18 @@ class _Attempt:
         self.index = 0                        # children started so far (tasks, then tests)
         self.testing = False
         self.peak = 0
+        self.spare: tuple[int, int] | None = None   # a pipe made ahead, for the first child
+
+    def _take_spare(self) -> tuple[int, int] | None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            self.pool.spares -= 1
+        return spare
+
+    def discard(self) -> None:
+        """An attempt that will not begin: what it made ahead goes."""
+        for fd in self._take_spare() or ():
+            os.close(fd)
 
     def begin(self, fut: Outcome) -> None:
         spec = self.spec
@@ -186,7 +198,7 @@ class _Attempt:
 
     def _spawn(self, task: Task) -> bool:
         """Start `task`; False when it could not start (already judged, go on to the next)."""
-        rfd, wfd = os.pipe()
+        rfd, wfd = self._take_spare() or os.pipe()
         try:
             pid = self.pool.spawn(task.argv, self.env, wfd, self.spec.cwd)
         except OSError as e:
@@ -330,6 +342,7 @@ class InlinePool:
         self._stopped_guardian: int | None = None
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
         self.prepared: dict[int, _Attempt] = {}   # by id(spec), see prepare
+        self.spares = 0                         # pipes made ahead by prepared attempts
 
     # --- the pool face ------------------------------------------------------------------------------
     def submit(self, spec: StepSpec, callback: Callable[[Any], None]) -> Any:
@@ -343,6 +356,8 @@ class InlinePool:
         try:
             att = self.prepared.pop(id(spec), None)
             if att is None or att.spec is not spec:
+                if att is not None:
+                    att.discard()
                 att = _Attempt(self, spec)
             self._running[fut] = att
             att.begin(fut)
@@ -359,11 +374,16 @@ class InlinePool:
         """Get a spec's log and environment ready before it is submitted (the dispatcher builds
         the specs of the steps about to become ready while others run)."""
         if not any(t.callable for t in spec.tasks):
-            self.prepared[id(spec)] = _Attempt(self, spec)
+            att = self.prepared[id(spec)] = _Attempt(self, spec)
+            if self.spares < self.workers:   # ~7 us off a chain's exit -> next spawn
+                att.spare = os.pipe()
+                self.spares += 1
 
     def forget(self, spec: StepSpec) -> None:
         """A prepared spec that will not be submitted."""
-        self.prepared.pop(id(spec), None)
+        att = self.prepared.pop(id(spec), None)
+        if att is not None:
+            att.discard()
 
     def fds(self) -> list[int]:
         return [*self._fds, *(self._py.fds() if self._py is not None else ())]
@@ -426,6 +446,9 @@ class InlinePool:
             att.sink.close()
         self._running.clear()
         self._fds.clear()
+        for att in self.prepared.values():
+            att.discard()
+        self.prepared.clear()
         for t in self._killers:
             t.join()
         if self._py is not None:

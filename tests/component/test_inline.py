@@ -211,6 +211,35 @@ def test_what_was_built_ahead_for_steps_that_never_start_is_let_go(make_workstre
     assert kept == {"dispatcher": {}, "pool": {}}
 
 
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("shape", ["chain", "blocked", "cancelled"])
+def test_a_run_leaves_no_descriptor_open(shape, make_workstream, run_workstream):
+    """Pipes made ahead for the next steps are used by their first child, closed when the step will
+    not start (blocked, cancelled) and by the pool's shutdown: a run leaves no descriptor behind."""
+    if shape == "chain":
+        steps = [{"id": f"s{i}", "tasks": ["true"], **({"depends_on": [f"s{i - 1}"]} if i else {})}
+                 for i in range(8)]
+        execution = {"max_workers": 2}
+    else:
+        steps = [{"id": "root", "tasks": ["exit 1" if shape == "blocked" else "sleep 30"],
+                  **({"timeout": 0.3} if shape == "cancelled" else {})},
+                 *[{"id": f"d{i}", "tasks": ["true"], "depends_on": ["root"]} for i in range(4)],
+                 {"id": "other", "tasks": ["sleep 30"]}]
+        execution = {"max_workers": 3, "on_failure": "fail_all"}
+    path = make_workstream(steps, execution=execution)
+    before = _open_fds()
+    outcome, summary = run_workstream(path, grace=0.2)
+    statuses = {s["id"]: s["status"] for s in summary["steps"]}
+    if shape == "chain":
+        assert set(statuses.values()) == {"succeeded"}
+    else:
+        assert {statuses[f"d{i}"] for i in range(4)} <= {"blocked", "skipped"}
+    assert _open_fds() - before == set()
+
+
 @pytest.mark.parametrize("ending", ["finished", "crashed"])
 def test_the_guardian_is_gone_when_the_run_returns(ending, monkeypatch, make_workstream, run_workstream):
     """The pool's shutdown lets its guardian exit while the results are written; by the time the run
