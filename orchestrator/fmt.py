@@ -4,6 +4,7 @@ characters removed). Pure functions of their arguments; `iso` caches the formatt
 """
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Mapping
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from datetime import datetime
-    from typing import Any
+    from typing import Any, Callable
 
 SYMBOLS: Mapping[str, str] = {
     "succeeded": "✓", "failed": "✗", "timed_out": "⏱", "cancelled": "⏹", "blocked": "⊘",
@@ -101,3 +102,16 @@ def clean(text: Any) -> str:
     if type(text) is str and text.isprintable():   # no ESC, CR or control character: nothing to do
         return text
     return CONTROL.sub("", ANSI.sub("", str(text))).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def json_encoder(*, default: Callable[[Any], Any], ensure_ascii: bool = True,
+                 separators: tuple[str, str] = (", ", ": ")) -> Callable[[Any], str]:
+    """`json.JSONEncoder(...).encode`, whose every call builds the C encoder anew (~2.5 us of each
+    line of a summary), with the C encoder built once. No check for circular references: it is
+    given our own records, which have none."""
+    make = json.encoder.c_make_encoder
+    if make is None:   # pragma: no cover - an interpreter without the C accelerator
+        return json.JSONEncoder(default=default, ensure_ascii=ensure_ascii, separators=separators).encode
+    quote = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
+    chunks = make(None, default, quote, None, separators[1], separators[0], False, False, True)
+    return lambda obj: "".join(chunks(obj, 0))

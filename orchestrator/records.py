@@ -12,7 +12,7 @@ from .frozen import defaults, factory, record
 from .masking import mask, mask_obj
 from .model import StepResult, StepStatus, Workstream
 from .analysis import max_concurrency
-from .fmt import iso
+from .fmt import iso, json_encoder
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -158,8 +158,7 @@ def _report_change(d: dict[str, Any]) -> None:
 
 
 _FRESH = defaults(StepRecord)
-# json.dumps with options builds a JSONEncoder per call (~3 us): one, made once, for every entry
-_compact = json.JSONEncoder(separators=(",", ":"), default=str).encode
+_compact = json_encoder(separators=(",", ":"), default=str)   # the state's (fmt.json_encoder)
 _str = json.encoder.encode_basestring_ascii   # what _compact writes for a str (ensure_ascii)
 
 

@@ -23,6 +23,7 @@ import time
 
 from .masking import mask, mask_obj
 from .errors import LockHeldError, RunNotFoundError
+from .fmt import json_encoder
 from .procs import pid_alive
 
 TYPE_CHECKING = False
@@ -315,9 +316,8 @@ class RunStore:
         return latest_run_id(self.ws_dir)
 
 
-# json.dumps with options builds a JSONEncoder per call: one, made once, for every summary row
-# one list item's line in `readable_json`
-readable_item = json.JSONEncoder(default=str, ensure_ascii=False).encode
+# one list item's line in `readable_json` (an encoder made once: see fmt.json_encoder)
+readable_item = json_encoder(default=str, ensure_ascii=False)
 
 
 def readable_json(obj: Any, known: Mapping[int, tuple[Any, str]] | None = None) -> str:

@@ -126,3 +126,18 @@ def test_summary_entries_made_as_steps_end_are_the_ones_made_at_the_finish():
     assert reused["steps"][0] is live.made["s005"]
     assert readable_json(reused, live.lines) == readable_json(fresh)
     assert [s["blocked_by"] for s in reused["steps"] if s["id"] == "d"] == [["a", "c", "e"]]
+
+
+class _Odd:
+    def __str__(self) -> str:
+        return "odd"
+
+
+@pytest.mark.parametrize("value", [
+    {"a": 1, "b": [1.5, None, True, "é☃\n\"", {"k": ()}], "c": _Odd()}, "plain", 3, 2.5, None, [], {},
+    {"nan": float("nan"), "inf": float("inf")}, {"big": 10 ** 30, "small": 1e-7, 3: "int key"},
+])
+def test_the_encoders_made_once_write_what_json_writes(value):
+    from orchestrator.fmt import json_encoder
+    for options in ({"default": str, "ensure_ascii": False}, {"default": str, "separators": (",", ":")}):
+        assert json_encoder(**options)(value) == json.JSONEncoder(**options).encode(value)
