@@ -371,9 +371,10 @@ class InlinePool:
         return fut
 
     def prepare(self, spec: StepSpec) -> None:
-        """Get a spec's log and environment ready before it is submitted (the dispatcher builds
-        the specs of the steps about to become ready while others run)."""
+        """Make a spec's attempt (its log, environment and first pipe) before it is submitted: the
+        dispatcher builds the specs of the steps about to become ready while others run."""
         if not any(t.callable for t in spec.tasks):
+            self.forget(spec)   # made ahead before: that one goes
             att = self.prepared[id(spec)] = _Attempt(self, spec)
             if self.spares < self.workers:   # ~7 us off a chain's exit -> next spawn
                 att.spare = os.pipe()
