@@ -105,13 +105,14 @@ def clean(text: Any) -> str:
 
 
 def json_encoder(*, default: Callable[[Any], Any], ensure_ascii: bool = True,
-                 separators: tuple[str, str] = (", ", ": ")) -> Callable[[Any], str]:
+                 separators: tuple[str, str] = (", ", ": "), sort_keys: bool = False) -> Callable[[Any], str]:
     """`json.JSONEncoder(...).encode`, whose every call builds the C encoder anew (~2.5 us of each
     line of a summary), with the C encoder built once. No check for circular references: it is
     given our own records, which have none."""
     make = json.encoder.c_make_encoder
     if make is None:   # pragma: no cover - an interpreter without the C accelerator
-        return json.JSONEncoder(default=default, ensure_ascii=ensure_ascii, separators=separators).encode
+        return json.JSONEncoder(default=default, ensure_ascii=ensure_ascii, separators=separators,
+                                sort_keys=sort_keys).encode
     quote = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
-    chunks = make(None, default, quote, None, separators[1], separators[0], False, False, True)
+    chunks = make(None, default, quote, None, separators[1], separators[0], sort_keys, False, True)
     return lambda obj: "".join(chunks(obj, 0))

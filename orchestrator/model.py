@@ -22,6 +22,7 @@ import json
 from functools import cached_property
 from enum import Enum
 
+from .fmt import json_encoder
 from .frozen import factory, record
 
 TYPE_CHECKING = False
@@ -89,8 +90,7 @@ class RunStatus(str, Enum):
         return self.value
 
 
-# json.dumps with options builds a JSONEncoder per call: one for every step's digest
-_sorted_json = json.JSONEncoder(sort_keys=True, default=str).encode
+_sorted_json = json_encoder(sort_keys=True, default=str)   # a step's digest (fmt.json_encoder)
 
 SHELL = "shell"
 PYTHON = "python"
