@@ -348,6 +348,10 @@ class InlinePool:
     def submit(self, spec: StepSpec, callback: Callable[[Any], None]) -> Any:
         if any(t.callable for t in spec.tasks):
             if self._py is None:
+                # its workers are forked, and a fork copies every descriptor: one holding the
+                # write end of a pipe made ahead would keep that step's output from ever ending
+                for att in self.prepared.values():
+                    att.discard()
                 from .pool import LocalPool
                 self._py = LocalPool(self.workers, self.progress_fd)
             return self._py.submit(spec, callback)
@@ -376,7 +380,7 @@ class InlinePool:
         if not any(t.callable for t in spec.tasks):
             self.forget(spec)   # made ahead before: that one goes
             att = self.prepared[id(spec)] = _Attempt(self, spec)
-            if self.spares < self.workers:   # ~7 us off a chain's exit -> next spawn
+            if self.spares < self.workers and self._py is None:   # ~7 us off a chain's next spawn
                 att.spare = os.pipe()
                 self.spares += 1
 

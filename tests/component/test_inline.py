@@ -240,6 +240,23 @@ def test_a_run_leaves_no_descriptor_open(shape, make_workstream, run_workstream)
     assert _open_fds() - before == set()
 
 
+@pytest.mark.timeout(60)
+def test_a_pipe_made_ahead_is_not_kept_open_by_a_python_worker(make_workstream, run_workstream, project):
+    """Python steps run on forked pool workers, and a fork copies every descriptor: a worker forked
+    while a pipe made ahead for a shell step existed would hold its write end, and that step's
+    output would never end. The pipes made ahead go before the first fork."""
+    (project / "pymod.py").write_text("def answer():\n    return 42\n")
+    path = make_workstream([
+        {"id": "slow", "tasks": ["sleep 0.5"]},
+        {"id": "after-slow", "tasks": ["echo done"], "depends_on": ["slow"], "timeout": 20},
+        {"id": "quick", "tasks": ["true"]},
+        {"id": "py", "tool": "python", "callable": "pymod:answer", "depends_on": ["quick"]},
+    ], execution={"max_workers": 3})
+    outcome, summary = run_workstream(path)
+    statuses = {s["id"]: s["status"] for s in summary["steps"]}
+    assert statuses == dict.fromkeys(["slow", "after-slow", "quick", "py"], "succeeded"), summary["steps"]
+
+
 @pytest.mark.parametrize("ending", ["finished", "crashed"])
 def test_the_guardian_is_gone_when_the_run_returns(ending, monkeypatch, make_workstream, run_workstream):
     """The pool's shutdown lets its guardian exit while the results are written; by the time the run
