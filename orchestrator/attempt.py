@@ -259,15 +259,18 @@ def judge_test(v: Verdict, spec: StepSpec, i: int, test: Task, ran: Ran, took: f
         v.tests.append(TestResult(test.label, "passed", 0, took, tail_text))
 
 
-def build_result(spec: StepSpec, started: float, v: Verdict, sink: LogSink, worker: str) -> StepResult:
-    """The attempt's StepResult, with the outputs the step wrote (the file is then deleted)."""
+def build_result(spec: StepSpec, started: float, v: Verdict, sink: LogSink, worker: str,
+                 finished: float | None = None) -> StepResult:
+    """The attempt's StepResult, with the outputs the step wrote (the file is then deleted).
+    `finished`: when the attempt ended (now when None)."""
     outputs: dict[str, Any] = dict(_read_outputs(spec.output_path))   # and deletes the file
     if isinstance(v.value, dict):
         outputs.update(v.value)
     elif v.value is not None:
         outputs.setdefault("value", v.value)
     return StepResult(spec.step_id, spec.attempt, v.status, exit_code=v.exit_code, error=v.error,
-                      started_at=started, finished_at=time.time(), outputs=outputs,
+                      started_at=started, finished_at=time.time() if finished is None else finished,
+                      outputs=outputs,
                       return_value=v.value, acceptance_tests=tuple(v.tests),
                       peak_rss_bytes=v.rss or None, cpu_time_s=round(v.cpu, 4), worker=worker,
                       log_bytes=sink.total)

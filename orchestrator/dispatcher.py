@@ -141,6 +141,8 @@ class Dispatcher:
         self._prepared: dict[str, tuple[int, StepSpec]] = {}   # specs built ahead (_prepare_next)
         self._untold_starts: list[tuple[str, int]] = []        # started, not yet logged (_tell)
         self._started_since_prepare: list[str] = []
+        self._early: list[tuple[Any, Any]] = []            # successes whose result is not made yet
+        self._early_told: list[tuple[StepResult, Any]] = []   # ... made, not yet told (_tell)
 
     # --- set-up ------------------------------------------------------------------------------------
     def _execution_dict(self) -> dict[str, Any]:
@@ -458,6 +460,8 @@ class Dispatcher:
             pass
 
     def _spec(self, sid: str, attempt: int, now: float) -> StepSpec:
+        if self._early:   # the outputs and return values of the steps that just succeeded
+            self._absorb_early()
         step = self.ws.step(sid)
         timeout = step.timeout or self.ws.execution.timeout_per_step
         reason = f"timeout of {timeout:g}s"
@@ -514,6 +518,16 @@ class Dispatcher:
             cur = self.inflight.get(sid)
             if cur is None or cur[1] is not fut:
                 continue  # a superseded future (its step was restarted on a new pool)
+            if getattr(fut, "early", None) is StepStatus.SUCCEEDED:
+                # the inline pool's success: the scheduler learns of it first, so that the steps
+                # it makes ready start before its result is made and recorded (`_absorb_early`)
+                del self.inflight[sid]
+                outcome = self.sched.finish(sid, StepStatus.SUCCEEDED, now)
+                self._early.append((fut, outcome))
+                if outcome.retry_at is not None or outcome.changes or outcome.cancel:
+                    self._absorb_early()   # it changed others: told now, as below
+                    self._told(*self._early_told.pop(), now)
+                continue
             try:
                 result: StepResult = fut.result()
             except _futures().BrokenExecutor:
@@ -540,7 +554,20 @@ class Dispatcher:
             self._recover(broken, now)
         return settled
 
+    def _absorb_early(self) -> None:
+        """Make and record the results of the successes the scheduler learned of first (`_collect`);
+        `_tell` tells them. Before anything reads their records: the specs that fill in outputs."""
+        early, self._early = self._early, []
+        for fut, outcome in early:
+            result = fut.result()
+            self.records[result.step_id].absorb(result)   # a success: no error to mask
+            self._early_told.append((result, outcome))
+
     def _tell(self, settled: list[tuple[StepResult, Any]], now: float) -> None:
+        if self._early:
+            self._absorb_early()
+        if self._early_told:
+            settled, self._early_told = [*self._early_told, *settled], []
         starts, self._untold_starts = self._untold_starts, []
         if not settled and not starts:
             return

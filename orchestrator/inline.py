@@ -42,14 +42,19 @@ ORPHAN_SWEEP = 0.05  # how soon after a step's end what it left behind is found 
 
 class Outcome:
     """The part of `concurrent.futures.Future` the dispatcher uses, without importing it (5 ms)
-    or taking a lock: an inline attempt is completed in the loop's own thread."""
+    or taking a lock: an inline attempt is completed in the loop's own thread.
 
-    __slots__ = ("_result", "_done", "_callbacks")
+    `set_lazy` completes it with the attempt's status at once and its StepResult made on the first
+    `result()`: the dispatcher may start the steps a success makes ready before that (`early`)."""
+
+    __slots__ = ("_result", "_make", "_done", "_callbacks", "early")
 
     def __init__(self) -> None:
         self._result: StepResult | None = None
+        self._make: Callable[[], StepResult] | None = None
         self._done = False
         self._callbacks: list[Callable[["Outcome"], None]] = []
+        self.early: StepStatus | None = None   # the status, known before the result is made
 
     def add_done_callback(self, fn: Callable[["Outcome"], None]) -> None:
         if self._done:
@@ -58,7 +63,15 @@ class Outcome:
             self._callbacks.append(fn)
 
     def set_result(self, result: StepResult) -> None:
-        self._result, self._done = result, True
+        self._result = result
+        self._completed()
+
+    def set_lazy(self, status: StepStatus, make: Callable[[], StepResult]) -> None:
+        self.early, self._make = status, make
+        self._completed()
+
+    def _completed(self) -> None:
+        self._done = True
         for fn in self._callbacks:
             fn(self)
         self._callbacks.clear()
@@ -67,6 +80,9 @@ class Outcome:
         return self._done
 
     def result(self) -> StepResult:
+        if self._make is not None:
+            make, self._make = self._make, None
+            self._result = make()
         if not self._done or self._result is None:
             raise RuntimeError("the step has not ended")
         return self._result
@@ -290,7 +306,10 @@ class _Attempt:
         self.sink.note(partial(_end_line, spec.step_id, spec.attempt, v.status.value))
         self.sink.close(keep=keep_log(spec, v.status))
         self.pool.done(self)
-        self.fut.set_result(build_result(spec, self.started, v, self.sink, "local"))
+        # the result (the outputs file read, the StepResult) is made when the dispatcher asks: a
+        # success's dependents may start first
+        self.fut.set_lazy(v.status, partial(build_result, spec, self.started, v, self.sink, "local",
+                                            time.time()))
 
     # --- timers and stopping -------------------------------------------------------------------------
     def wake_at(self) -> float:

@@ -211,6 +211,20 @@ def test_what_was_built_ahead_for_steps_that_never_start_is_let_go(make_workstre
     assert kept == {"dispatcher": {}, "pool": {}}
 
 
+def test_a_step_started_before_its_dependency_is_recorded_ends_after_it(make_workstream, run_workstream):
+    """A success's dependents start before its result is made (the scheduler learns of it first);
+    its end is the time it ended, not the time its result was made: on a chain, each step starts
+    after the one before it ended, and one step ran at a time."""
+    path = make_workstream([{"id": f"s{i}", "tasks": ["true"], **({"depends_on": [f"s{i - 1}"]} if i else {})}
+                            for i in range(12)], execution={"max_workers": 2})
+    outcome, summary = run_workstream(path)
+    steps = summary["steps"]
+    assert all(s["status"] == "succeeded" for s in steps)
+    for before, after in zip(steps, steps[1:]):
+        assert after["started_at"] >= before["finished_at"], (before, after)
+    assert summary["summary"]["max_concurrency"] == 1
+
+
 def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
