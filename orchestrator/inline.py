@@ -275,8 +275,7 @@ class _Attempt:
         assert c is not None
         self.child = None
         _, status, ru = os.wait4(c.pid, 0)
-        os.close(c.pidfd)
-        os.close(c.rfd)
+        self.pool.closing += (c.pidfd, c.rfd)   # closed before the loop waits (fds), after what starts next
         self.pool.step_ended()
         maxrss = ru.ru_maxrss * 1024
         if maxrss > self.pool.hwm * 1.1:  # above what the vfork inherited: the step's own peak
@@ -361,6 +360,7 @@ class InlinePool:
         self._stopped_guardian: int | None = None
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
         self.prepared: dict[int, _Attempt] = {}   # by id(spec), see prepare
+        self.closing: list[int] = []            # pidfds and pipes of reaped children (fds)
         self.spares = 0                         # pipes made ahead by prepared attempts
 
     # --- the pool face ------------------------------------------------------------------------------
@@ -410,7 +410,15 @@ class InlinePool:
             att.discard()
 
     def fds(self) -> list[int]:
+        """What to wait on; first, the descriptors of the children reaped since the last wait go."""
+        if self.closing:
+            self._close_reaped()
         return [*self._fds, *(self._py.fds() if self._py is not None else ())]
+
+    def _close_reaped(self) -> None:
+        closing, self.closing = self.closing, []
+        for fd in closing:
+            os.close(fd)
 
     def wait_hint(self, now: float) -> float | None:
         """Seconds until the next deadline or memory sample of a running step, or orphan sweep."""
@@ -470,6 +478,7 @@ class InlinePool:
             att.sink.close()
         self._running.clear()
         self._fds.clear()
+        self._close_reaped()
         for att in self.prepared.values():
             att.discard()
         self.prepared.clear()
