@@ -25,7 +25,7 @@ from .fmt import (SYMBOLS, clean, human_bytes, human_duration, iso, number, pars
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable
 
 __all__ = [
     "human_bytes", "human_duration", "iso", "parse_iso", "plain_line", "progress_line",
@@ -167,16 +167,28 @@ def _github_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> list
 
 def _step_table(steps: Sequence[Mapping[str, Any]]) -> list[str]:
     rows = []
+    cells: dict[tuple[str, Any], str] = {}   # the few statuses and workers of a run, each made once
+
+    def cell(kind: str, value: Any, make: Callable[[Any], str]) -> str:
+        if type(value) is not str:
+            return make(value)
+        text = cells.get((kind, value))
+        if text is None:
+            text = cells[kind, value] = make(value)
+        return text
+
     for s in steps:
         start = number(s.get("start_offset_s"))
         cpu = number(s.get("cpu_time_s"))
-        status = _status_cell(s.get("status")) + (" (kept from an earlier session)" if is_kept(s) else "")
+        status = cell("status", s.get("status"), _status_cell)
+        if is_kept(s):
+            status += " (kept from an earlier session)"
         rows.append([_code(s["id"]), status, str(s.get("attempts", "-")),
                      human_duration(number(s.get("duration_s"))),
                      "-" if start is None else f"+{start:.2f}s",
                      human_bytes(number(s.get("peak_rss_bytes"))),
                      "-" if cpu is None else f"{cpu:.2f}s",
-                     _md_cell(s.get("worker") or "-"),
+                     cell("worker", s.get("worker") or "-", _md_cell),
                      _md_cell(s.get("error") or "", ERROR_CELL_CHARS)])
     headers = ["Step", "Status", "Attempts", "Duration", "Start", "Peak memory", "CPU time", "Worker",
                "Error"]

@@ -557,3 +557,19 @@ def test_a_plain_gantt_label_is_the_text_itself_and_others_are_cleaned(text):
                             "todayMarker", "tickInterval", "weekday", "click", "gantt"):
         label = "step " + label
     assert report._mermaid_label(text) == " ".join(label.split())
+
+
+def test_the_step_table_makes_each_status_and_worker_cell_once_and_the_same():
+    """Cells a run repeats (statuses, workers) are made once per table: the table is the one made
+    cell by cell, whatever the values (a status that reads like a worker, escapes, non-strings)."""
+    pairs = [("succeeded", "local"), ("failed", "local"), ("succeeded", "succeeded"),
+             ("timed_out", "host|1 <b>"), (None, None), ("running", "local"), (3, 7), ("succeeded", "local")]
+    steps = [{"id": f"s{i}", "status": status, "worker": worker} for i, (status, worker) in enumerate(pairs)]
+    steps[1]["kept_from_earlier_session"] = True
+    rows = report._step_table(steps)[2:]
+    for s, row in zip(steps, rows):
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        status = report._status_cell(s["status"])
+        if s.get("kept_from_earlier_session"):
+            status += " (kept from an earlier session)"
+        assert (cells[1], cells[7]) == (status, report._md_cell(s["worker"] or "-")), row
