@@ -144,15 +144,10 @@ class _Attempt:
         self.peak = 0
         self.spare: tuple[int, int] | None = None   # a pipe made ahead, for the first child
 
-    def _take_spare(self) -> tuple[int, int] | None:
-        spare, self.spare = self.spare, None
-        if spare is not None:
-            self.pool.spares -= 1
-        return spare
-
     def discard(self) -> None:
-        """An attempt that will not begin: what it made ahead goes."""
-        for fd in self._take_spare() or ():
+        """An attempt that will not begin (or its pipe must go): what it made ahead goes."""
+        spare, self.spare = self.spare, None
+        for fd in spare or ():
             os.close(fd)
 
     def begin(self, fut: Outcome) -> None:
@@ -214,7 +209,8 @@ class _Attempt:
 
     def _spawn(self, task: Task) -> bool:
         """Start `task`; False when it could not start (already judged, go on to the next)."""
-        rfd, wfd = self._take_spare() or os.pipe()
+        rfd, wfd = self.spare or os.pipe()
+        self.spare = None
         try:
             pid = self.pool.spawn(task.argv, self.env, wfd, self.spec.cwd)
         except OSError as e:
@@ -361,16 +357,12 @@ class InlinePool:
         self._sweep_at: float | None = None     # when to look for what ended steps left behind
         self.prepared: dict[int, _Attempt] = {}   # by id(spec), see prepare
         self.closing: list[int] = []            # pidfds and pipes of reaped children (fds)
-        self.spares = 0                         # pipes made ahead by prepared attempts
 
     # --- the pool face ------------------------------------------------------------------------------
     def submit(self, spec: StepSpec, callback: Callable[[Any], None]) -> Any:
         if any(t.callable for t in spec.tasks):
             if self._py is None:
-                # its workers are forked, and a fork copies every descriptor: one holding the
-                # write end of a pipe made ahead would keep that step's output from ever ending
-                for att in self.prepared.values():
-                    att.discard()
+                self._drop_spares()   # before its workers are forked
                 from .pool import LocalPool
                 self._py = LocalPool(self.workers, self.progress_fd)
             return self._py.submit(spec, callback)
@@ -399,9 +391,15 @@ class InlinePool:
         if not any(t.callable for t in spec.tasks):
             self.forget(spec)   # made ahead before: that one goes
             att = self.prepared[id(spec)] = _Attempt(self, spec)
-            if self.spares < self.workers and self._py is None:   # ~7 us off a chain's next spawn
+            spares = sum(a.spare is not None for a in self.prepared.values())
+            if spares < self.workers and self._py is None:   # ~7 us off a chain's next spawn
                 att.spare = os.pipe()
-                self.spares += 1
+
+    def _drop_spares(self) -> None:
+        """Close the pipes made ahead. A fork copies every descriptor: a forked process holding the
+        write end of one would keep that step's output from ever ending."""
+        for att in self.prepared.values():
+            att.discard()
 
     def forget(self, spec: StepSpec) -> None:
         """A prepared spec that will not be submitted."""
@@ -479,8 +477,7 @@ class InlinePool:
         self._running.clear()
         self._fds.clear()
         self._close_reaped()
-        for att in self.prepared.values():
-            att.discard()
+        self._drop_spares()
         self.prepared.clear()
         for t in self._killers:
             t.join()
