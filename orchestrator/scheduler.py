@@ -143,6 +143,7 @@ class Scheduler:
         self.interrupted = False
         self.tool_failures: dict[str, int] = {}
         self.max_concurrency = 0
+        self.grown: set[str] = set()      # blocked steps whose blocked_by grew (take_grown)
         self._earliest_retry: float | None = None  # the last take_ready saw a retry delay end here
         self._token_blocked = False       # the last take_ready stopped for the rate limiter
         unmet = self._unmet = list(map(len, links.deps))
@@ -176,6 +177,12 @@ class Scheduler:
     # --- queries -----------------------------------------------------------------------------------
     def status(self, step_id: str) -> StepStatus:
         return self.state[step_id].status
+
+    def take_grown(self) -> set[str]:
+        """The blocked steps whose `blocked_by` grew (another dependency failed after they were
+        blocked) since the last call."""
+        grown, self.grown = self.grown, set()
+        return grown
 
     def attempt(self, step_id: str) -> int:
         """The number of the current (or last) attempt, counting earlier sessions of the run."""
@@ -337,6 +344,7 @@ class Scheduler:
                 if st.status is not StepStatus.PENDING:
                     if st.status is StepStatus.BLOCKED and cur not in st.blocked_by:
                         st.blocked_by.append(cur)
+                        self.grown.add(dep)
                     continue
                 st.status = StepStatus.BLOCKED
                 self.pending_or_running -= 1

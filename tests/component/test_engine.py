@@ -169,6 +169,24 @@ def test_continue_blocks_dependents_and_lets_the_independent_branch_finish(make_
     assert summary["summary"]["blocked"] == 2 and summary["summary"]["failed"] == 1
 
 
+def test_a_blocked_step_names_every_dependency_that_failed(make_workstream, run_workstream):
+    """c is blocked by whichever of a and b fails first; the other's failure is added to its
+    blocked_by afterwards, in the summary and the final state alike."""
+    path = make_workstream([
+        {"id": "a", "tasks": ["exit 3"]},
+        {"id": "b", "tasks": ["exit 4"]},
+        {"id": "c", "tasks": ["echo never"], "depends_on": ["a", "b"]},
+    ], execution={"max_workers": 2, "on_failure": "continue"})
+    outcome, summary = run_workstream(path)
+
+    assert outcome.exit_code == 1
+    by = steps_by_id(summary)
+    assert by["a"]["status"] == by["b"]["status"] == "failed"
+    assert by["c"]["status"] == "blocked" and sorted(by["c"]["blocked_by"]) == ["a", "b"]
+    state = json.loads((Path(outcome.run_dir) / "state.json").read_text())
+    assert sorted(state["steps"]["c"]["blocked_by"]) == ["a", "b"]
+
+
 def test_fail_all_cancels_the_running_sibling_and_kills_its_tree(make_workstream, run_workstream, marker, project):
     path = make_workstream([
         {"id": "long", "tasks": [f"touch long.started; {sleeper(30, marker)}"]},

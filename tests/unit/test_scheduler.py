@@ -51,6 +51,20 @@ def test_priority_then_remaining_path_then_file_order():
     assert order == ["y", "z", "x"]
 
 
+def test_a_blocked_step_whose_blocked_by_grows_is_reported_once():
+    ws = ws_of(("a", []), ("b", []), ("c", ["a", "b"]), ("d", ["c"]), max_workers=4)
+    s = Scheduler(ws)
+    assert s.take_ready(0) == ["a", "b"]
+    out = s.finish("a", S.FAILED, 1)
+    assert {c.step_id for c in out.changes} == {"c", "d"}    # blocked now: told as changes
+    assert s.take_grown() == set()
+    out = s.finish("b", S.FAILED, 2)
+    assert out.changes == []
+    assert s.state["c"].blocked_by == ["a", "b"] and s.state["d"].blocked_by == ["c"]
+    assert s.take_grown() == {"c"}
+    assert s.take_grown() == set()
+
+
 def test_parallel_false_runs_one_at_a_time():
     ws = ws_of(("a", []), ("b", []), parallel=False, max_workers=4)
     s = Scheduler(ws)
