@@ -7,7 +7,9 @@ store (the one module that owns the run directory):
                          unchanged definition are kept (their records come back from the old state)
     log(line)            a line of orchestrator.log
     dirty, flush()       state.json, coalesced: at most every STATE_FLUSH_INTERVAL and only after a
-                         change; only the steps that changed are encoded again (`StateJson`)
+                         change; only the steps that changed are encoded again (`StateJson`); a
+                         state bigger than STATE_FLUSH_RATE bytes waits longer: its size in seconds
+                         at that rate (at most STATE_FLUSH_MAX)
     ended, encode_ended() the steps that just ended, encoded (state entry, summary entry and line)
                          while the loop would wait, so that flushes and the finish mostly join
     finish(status)       the final state.json, results_summary.json, the markdown report, junit.xml,
@@ -36,6 +38,15 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 STATE_FLUSH_INTERVAL = 0.2
+# state.json is the whole run each time: 100 000 steps make ~40 MB, ~90 ms of the loop's thread to
+# join and ~190 ms of the writer's; a big state is written at most at this rate (2 MB every 0.2 s)
+STATE_FLUSH_RATE = 10e6    # bytes a second
+STATE_FLUSH_MAX = 5.0
+
+
+def flush_interval(size: int) -> float:
+    """The least time between two writes of a live state of `size` characters (ASCII: bytes)."""
+    return min(max(STATE_FLUSH_INTERVAL, size / STATE_FLUSH_RATE), STATE_FLUSH_MAX)
 
 
 def _log_file(sid: str) -> str:
@@ -55,6 +66,7 @@ class RunJournal:
         self.started_at = wall()
         self.dirty = True
         self._last_flush = 0.0
+        self._flush_every = STATE_FLUSH_INTERVAL    # longer for a big state (flush_interval)
         self._state_text: StateJson | None = None   # made once the records are complete
         self.ended: list[str] = []     # steps that ended since encode_ended last ran
 
@@ -102,15 +114,17 @@ class RunJournal:
     # --- the live state ----------------------------------------------------------------------------
     def next_flush(self) -> float | None:
         """When a flush is due (clock time), or None while nothing changed."""
-        return self._last_flush + STATE_FLUSH_INTERVAL if self.dirty else None
+        return self._last_flush + self._flush_every if self.dirty else None
 
     def flush(self, now: float, sched: Scheduler, force: bool = False) -> None:
-        if not force and (not self.dirty or now - self._last_flush < STATE_FLUSH_INTERVAL):
+        if not force and (not self.dirty or now - self._last_flush < self._flush_every):
             return
         self.refresh_blocked(sched)
+        text = self.state_json("running")
         # from the store's writer thread, started by the first write: the loop's first pass,
         # after the pool has forked what it forks at its start (`force`: now, from this thread)
-        self.store.write_json_text("state.json", self.state_json("running"), background=not force)
+        self.store.write_json_text("state.json", text, background=not force)
+        self._flush_every = flush_interval(len(text))
         self.dirty = False
         self._last_flush = now
 
