@@ -7,6 +7,7 @@ dispatcher's mutable bookkeeping for one step across its attempts.
 from __future__ import annotations
 
 import json
+from operator import itemgetter
 
 from .frozen import defaults, factory, record
 from .masking import mask, mask_obj
@@ -104,6 +105,9 @@ class StepRecord:
         if deps is None:   # fixed for the run: encoded once
             deps = d["_deps_json"] = "[" + ",".join(map(_str, d["depends_on"])) + "]"
         j = _j
+        if status is _PENDING and _UNTOUCHED_FIELDS(d) == _UNTOUCHED:   # the first state.json's
+            return (f'{_str(d["step_id"])}:{{"status":"pending","depends_on":{deps},'
+                    f'{_UNTOUCHED_MID}{j(d["definition_hash"])}{_UNTOUCHED_END}')
         return (f'{_str(d["step_id"])}:{{"status":"{status.value}","depends_on":{deps},'
                 f'"attempt":{j(d["attempts"])},'
                 f'"started_at":{_str(iso(started)) if started else "null"},'
@@ -147,6 +151,19 @@ class StepRecord:
         rec.peak_rss_bytes, rec.cpu_time_s = d.get("peak_rss_bytes"), d.get("cpu_time_s")
         rec.definition_hash = d.get("definition_hash") or ""
         return rec
+
+
+# a record as made (not started, no error, nothing blocking it): its entry is this template's
+_UNTOUCHED_FIELDS = itemgetter("attempts", "started_at", "finished_at", "task_index", "task_count",
+                               "error", "exit_code", "worker", "peak_rss_bytes", "cpu_time_s",
+                               "blocked_by")
+_UNTOUCHED = (0, None, None, None, None, None, None, None, None, None, [])
+_UNTOUCHED_MID = ('"attempt":0,"started_at":null,"finished_at":null,"started_epoch":null,'
+                  '"finished_epoch":null,"duration_s":null,"task_index":null,"task_count":null,'
+                  '"error":null,"exit_code":null,"blocked_by":[],"worker":null,"definition_hash":')
+_UNTOUCHED_END = (',"outputs":{},"return_value":null,"acceptance_tests":[],"peak_rss_bytes":null,'
+                  '"cpu_time_s":null}')
+_PENDING = StepStatus.PENDING
 
 
 def _report_change(d: dict[str, Any]) -> None:

@@ -46,8 +46,22 @@ def _odd_numbers():
     return rec
 
 
+def _pending_again(**fields):
+    """A pending record: as made (the template's entry), or with a field set (the general one)."""
+    rec = StepRecord("p\u00e9nd", ("a", "b\"c"), 30.0, "", "ffff")
+    for name, value in fields.items():
+        setattr(rec, name, value)
+    return rec
+
+
 RECORDS = {
     "pending": _pending,
+    "pending, non-ASCII id and quoted dependencies": _pending_again,
+    "pending, no definition hash": lambda: StepRecord("x", (), 1.0),
+    "pending after an earlier attempt": lambda: _pending_again(attempts=2, error="retrying"),
+    "pending with a start": lambda: _pending_again(started_at=1796167938.5),
+    "pending, blocked by": lambda: _pending_again(blocked_by=["a"]),
+    "pending with a zero cpu time and exit code": lambda: _pending_again(cpu_time_s=0.0, exit_code=0),
     "running, non-ASCII id and dependencies": _running,
     "succeeded": lambda: _ended(StepStatus.SUCCEEDED),
     "failed with a quoted, multi-line error": lambda: _ended(
