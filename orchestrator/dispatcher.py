@@ -524,7 +524,7 @@ class Dispatcher:
                 del self.inflight[sid]
                 outcome = self.sched.finish(sid, StepStatus.SUCCEEDED, now)
                 self._early.append((fut, outcome))
-                if outcome.retry_at is not None or outcome.changes or outcome.cancel:
+                if not outcome.plain:
                     self._absorb_early()   # it changed others: told now, as below
                     self._told(*self._early_told.pop(), now)
                 continue
@@ -544,7 +544,7 @@ class Dispatcher:
                                     f"could not run on the worker: {type(e).__name__}: {e}")
             del self.inflight[sid]
             result, outcome = self._settle(result, now)
-            if outcome.retry_at is None and not outcome.changes and not outcome.cancel:
+            if outcome.plain:
                 settled.append((result, outcome))    # the usual end: told after the next starts
             else:   # a retry (it may start again at once) or a failure that changed others: now
                 self._told(result, outcome, now)

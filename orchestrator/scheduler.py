@@ -80,6 +80,11 @@ class Outcome:
     def __repr__(self) -> str:
         return f"Outcome(retry_at={self.retry_at!r}, changes={self.changes!r}, cancel={self.cancel!r})"
 
+    @property
+    def plain(self) -> bool:
+        """The usual end: no retry, and no other step blocked, skipped or to cancel."""
+        return self.retry_at is None and not self.changes and not self.cancel
+
 
 def _slots(ws: Workstream, max_workers: int | None) -> int:
     return max(1, max_workers if max_workers is not None else ws.execution.effective_workers)
