@@ -10,13 +10,14 @@ event) run children differently but record them the same way, through what is he
 from __future__ import annotations
 
 import collections
-import json
 import os
 import resource
-import signal
+import _signal as signal  # the C module: `signal` wraps it in enums, and `enum` costs start-up
 import time
 
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
+from .lean import loads
+from .procs import signal_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -192,10 +193,8 @@ def _read_outputs(path: str) -> dict[str, str]:
 
 def _describe(ran: Ran) -> str:
     if ran.rc is not None and ran.rc < 0:
-        try:
-            return f"killed by signal {-ran.rc} ({signal.Signals(-ran.rc).name})"
-        except ValueError:
-            return f"killed by signal {-ran.rc}"
+        name = signal_name(-ran.rc)
+        return f"killed by signal {-ran.rc} ({name})" if name else f"killed by signal {-ran.rc}"
     return f"exit code {ran.rc}"
 
 
@@ -279,7 +278,7 @@ def build_result(spec: StepSpec, started: float, v: Verdict, sink: LogSink, work
 def _load_json(path: str) -> dict:
     try:
         with open(path) as f:
-            return json.load(f)
+            return loads(f.read())
     except (OSError, ValueError):
         return {}
 

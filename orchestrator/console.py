@@ -15,7 +15,6 @@ A reporter never stops a run: a stream that cannot be written (a closed pipe) is
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 
@@ -23,6 +22,7 @@ from .dispatcher import Reporter
 from .model import StepStatus, Workstream
 from .records import StepRecord
 from .fmt import SYMBOLS, human_duration, plain_line, progress_line
+from .lean import Pattern
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -33,8 +33,8 @@ TICK_INTERVAL = 0.25          # how often the dispatcher calls `tick` when we ne
 READ_CHUNK = 1 << 20          # most bytes read from one log per tick, so one chatty step cannot stall the loop
 MAX_LINE = 64 * 1024          # a "line" without a newline longer than this is forwarded anyway
 
-_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ANSI = Pattern(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[@-Z\\-_])")
+_CONTROL = Pattern(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def clean_line(text: str) -> str:
@@ -60,6 +60,7 @@ class LogTail:
         self.path = path
         self.offset = 0
         self.partial = b""
+        import re   # only where step output is followed
         sid = re.escape(step_id)
         self._header = re.compile(rf"^=== {sid} attempt (\d+) started (\S+) ===$")
         self._ours = re.compile(rf"^=== {sid} attempt \d+ [a-z_]+(?: \S+)? ===$")
@@ -159,7 +160,8 @@ class PlainReporter(Reporter):
         if not self._stream_ok:
             return
         try:
-            print(_ANSI.sub("", text), file=self.out, flush=True)   # whatever a step put in its error
+            # whatever a step put in its error
+            print(_ANSI.sub("", text) if "\x1b" in text else text, file=self.out, flush=True)
         except (OSError, ValueError):   # a closed pipe or stream: the run goes on without us
             self._stream_ok = False
 

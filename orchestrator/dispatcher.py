@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import collections
 import gc
-import json
 import os
 import select
-import signal
+import _signal as signal  # the C module: `signal` wraps it in enums, and `enum` costs start-up
 import threading
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from .interp import InterpolationError
 from .model import PYTHON, OnFailure, StepResult, StepSpec, StepStatus, Workstream
 from .masking import mask, secret_values
 from .journal import RunJournal
+from .lean import loads
 from .records import StepRecord
 from .scheduler import Scheduler
 from .specs import RunContext, build_spec
@@ -325,7 +325,7 @@ class Dispatcher:
     def _handle_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
-            name = signal.Signals(signum).name
+            name = procs.signal_name(signum)
             if not self.interrupted:
                 self.interrupted = True
                 self.status = "interrupted"
@@ -489,7 +489,7 @@ class Dispatcher:
         *lines, partial = partial.split(b"\n")
         for line in lines:
             try:
-                ev = json.loads(line)
+                ev = loads(line.decode())
             except ValueError:
                 continue
             kind, sid = ev[0], ev[1]

@@ -10,11 +10,11 @@ line and column. `show` and `did_you_mean` word values and suggestions alike in 
 """
 from __future__ import annotations
 
-import json
 import math
 
 from .errors import ValidationError
 from .interp import format_json_path
+from .lean import decode_error, dumps, loads
 from .jsonpos import JPath, duplicate_key, line_col, line_cols, locate, token_offset
 
 TYPE_CHECKING = False
@@ -119,9 +119,9 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def read_json(doc: Doc) -> Any:
     """The document's JSON value; any syntax error is a `ValidationError` with line and column."""
     try:
-        return json.loads(doc.text, parse_constant=_reject_constant, parse_float=_float,
-                          parse_int=_int, object_pairs_hook=_pairs)
-    except json.JSONDecodeError as e:
+        return loads(doc.text, parse_constant=_reject_constant, parse_float=_float, parse_int=_int,
+                     object_pairs_hook=_pairs)
+    except decode_error() as e:
         raise ValidationError(f"malformed JSON: {e.msg}", path=doc.source, line=e.lineno,
                               column=e.colno) from None
     except _BadToken as e:
@@ -146,13 +146,13 @@ def read_json(doc: Doc) -> Any:
 def show(value: Any) -> str:
     """A value as a person reads it in a message: its JSON type and a short rendering."""
     if isinstance(value, bool) or value is None:
-        return json.dumps(value)
+        return dumps(value)
     if isinstance(value, int):
         return f"integer {value}" if len(str(value)) < 40 else "a very large integer"
     if isinstance(value, float):
         return f"number {value:g}"
     if isinstance(value, str):
-        text = json.dumps(value)
+        text = dumps(value)
         return "string " + (text if len(text) <= 60 else text[:57] + '..."')
     return "a list" if isinstance(value, list) else "an object"
 

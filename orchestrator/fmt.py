@@ -4,10 +4,10 @@ characters removed). Pure functions of their arguments; `iso` caches the formatt
 """
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Mapping
+
+from .lean import Pattern, make_encoder, quote, quote_ascii
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -93,8 +93,8 @@ def number(value: Any) -> float | None:
     return float(value) if value == value and abs(value) != float("inf") else None
 
 
-ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+ANSI = Pattern(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+CONTROL = Pattern(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def clean(text: Any) -> str:
@@ -109,10 +109,6 @@ def json_encoder(*, default: Callable[[Any], Any], ensure_ascii: bool = True,
     """`json.JSONEncoder(...).encode`, whose every call builds the C encoder anew (~2.5 us of each
     line of a summary), with the C encoder built once. No check for circular references: it is
     given our own records, which have none."""
-    make = json.encoder.c_make_encoder
-    if make is None:   # pragma: no cover - an interpreter without the C accelerator
-        return json.JSONEncoder(default=default, ensure_ascii=ensure_ascii, separators=separators,
-                                sort_keys=sort_keys).encode
-    quote = json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring
-    chunks = make(None, default, quote, None, separators[1], separators[0], sort_keys, False, True)
+    chunks = make_encoder(None, default, quote_ascii if ensure_ascii else quote, None, separators[1],
+                          separators[0], sort_keys, False, True)
     return lambda obj: "".join(chunks(obj, 0))

@@ -16,7 +16,6 @@ which patterns need no automaton and where a glob's matches can start. Pure func
 from __future__ import annotations
 
 import functools
-import re
 from collections import deque
 
 TYPE_CHECKING = False
@@ -32,7 +31,7 @@ _SLASH = ord("/")
 _ANY = ((0, _SLASH - 1), (_SLASH + 1, _MAX_CP))    # `?`: any character but '/'
 _STAR = "*"
 _DSTAR = "**"
-_GLOB_CHARS = re.compile(r"[*?\[\\]")
+_GLOB_CHARS = "*?[\\"
 
 Intervals = tuple[tuple[int, int], ...]
 Token = object                                     # _STAR or Intervals
@@ -261,6 +260,7 @@ def glob_overlap(a: str, b: str) -> str | None:
 @functools.lru_cache(maxsize=65536)
 def _segment_regex(seg: str) -> re.Pattern[str]:
     """A compiled matcher for one segment glob, built from the same tokens as the overlap search."""
+    import re   # only a workstream with file scopes gets here (see `lean`)
     parts = []
     for tok in _tokens(seg):
         if tok == _STAR:
@@ -273,7 +273,7 @@ def _segment_regex(seg: str) -> re.Pattern[str]:
 
 def is_literal(pattern: str) -> bool:
     """Has the pattern no wildcard at all (so it names exactly one path)?"""
-    return _GLOB_CHARS.search(pattern) is None
+    return not any(c in pattern for c in _GLOB_CHARS)
 
 
 def literal_prefix(pattern: str) -> tuple[str, ...]:

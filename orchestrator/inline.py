@@ -22,13 +22,13 @@ even by SIGKILL, and ends every process that carries this run's id.
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from functools import partial
 
 from . import procs
+from .lean import dumps
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
 from .attempt import (RSS_SAMPLE_EVERY, LogSink, Ran, Verdict, base_env, build_result, judge_task,
                       judge_test, keep_log, note_spawn_error, own_hwm)
@@ -521,7 +521,7 @@ class InlinePool:
     def progress(self, sid: str, index: int, count: int) -> None:
         if self.progress_fd is not None:
             try:
-                os.write(self.progress_fd, (json.dumps(["task", sid, index, count]) + "\n").encode())
+                os.write(self.progress_fd, (dumps(["task", sid, index, count]) + "\n").encode())
             except OSError:
                 pass
 

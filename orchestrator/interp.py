@@ -11,11 +11,10 @@ and every other `${...}` (a shell's `${HOME}`) is left alone for the shell.
 """
 from __future__ import annotations
 
-import json
 import math
-import re
 
 from .errors import ValidationError
+from .lean import dumps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -30,12 +29,14 @@ class InterpolationError(ValueError):
 
 
 # The patterns of this module are kept as text and compiled by `re` (which caches them) on first
-# use: loading a workstream whose strings have no `${` never needs them.
+# use, `re` imported only then: loading a workstream whose strings have no `${` never needs them
+# (see `lean`).
 _IDENT = r"[A-Za-z_][A-Za-z0-9_$-]*"
 
 
 def format_json_path(parts: Iterable[str | int]) -> str:
     """`("steps", 3, "depends_on", 0)` -> `steps[3].depends_on[0]`; odd keys are quoted."""
+    import re
     out = ""
     for part in parts:
         if isinstance(part, int):
@@ -43,7 +44,7 @@ def format_json_path(parts: Iterable[str | int]) -> str:
         elif re.fullmatch(_IDENT, part):
             out += f".{part}" if out else part
         else:
-            out += "[" + json.dumps(part) + "]"
+            out += "[" + dumps(part) + "]"
     return out or "(top level)"
 
 
@@ -67,6 +68,7 @@ def _typed(text: str) -> Any:
         return s == "true"
     if s == "null":
         return None
+    import re
     if re.fullmatch(_INT, s) and len(s) <= 300:   # very long digit runs stay strings (int() limits)
         return int(s)
     if re.fullmatch(_FLOAT, s):
@@ -83,6 +85,7 @@ def _env_error(message: str, path: tuple[str | int, ...], hint: str | None = Non
 
 
 def _eval_expr(body: str, environ: Mapping[str, str], path: tuple[str | int, ...]) -> str | bool:
+    import re
     m = re.match(_ENV_EXPR, body, re.VERBOSE)
     if m is None:
         raise _env_error(f"cannot read '${{{body}}}'", path,
@@ -136,7 +139,7 @@ def interpolate_execution(obj: Any, environ: Mapping[str, str], *, where: str = 
     `where` is the JSON path of `obj`, used in messages. Iterative, so deep nesting cannot hit the
     recursion limit.
     """
-    root_path: tuple[str | int, ...] = tuple(p for p in re.split(r"\.", where) if p) if where else ()
+    root_path: tuple[str | int, ...] = tuple(p for p in where.split(".") if p) if where else ()
     holder: list[Any] = [None]
     # Work items: (value, container to write into, key in that container, its JSON path).
     stack: list[tuple[Any, Any, Any, tuple[str | int, ...]]] = [(obj, holder, 0, root_path)]
@@ -170,13 +173,16 @@ _TASK_REF = (
 
 def task_references(text: str) -> list[tuple[str, str]]:
     """The `(step_id, key)` pairs a task string reads through `${steps.<id>.outputs.<key>}`."""
+    if "${" not in text:
+        return []
+    import re
     return [(m.group("step"), m.group("key")) for m in re.finditer(_TASK_REF, text) if m.group("step")]
 
 
 def _render(value: Any) -> str:
     if isinstance(value, str):
         return value
-    return json.dumps(value, default=str)
+    return dumps(value, default=str)
 
 
 def substitute_task(text: str, *, outputs: Mapping[str, Mapping[str, Any]], ws_id: str, run_id: str,
@@ -187,6 +193,8 @@ def substitute_task(text: str, *, outputs: Mapping[str, Mapping[str, Any]], ws_i
     """
     if "${" not in text:
         return text
+
+    import re
 
     def replace(m: re.Match[str]) -> str:
         builtin = m.group("builtin")

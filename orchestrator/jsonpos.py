@@ -13,8 +13,8 @@ after all. Paths are tuples of keys and list indexes, as `interp.format_json_pat
 from __future__ import annotations
 
 import functools
-import json
-import re
+
+from .lean import loads
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,7 +51,8 @@ def line_cols(text: str, offsets: Iterable[int]) -> dict[int, tuple[int, int]]:
 @functools.cache
 def _tokens() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     """Whitespace, string, scalar, and string-or-bracket patterns, compiled the first time a
-    document has something to place: a valid one never does."""
+    document has something to place: a valid one never does (nor imports `re`, see `lean`)."""
+    import re
     return (re.compile(r"[ \t\n\r]*"), re.compile(r'"(?:[^"\\]|\\.)*"', re.S),
             re.compile(r'[^\s,:\[\]{}"]+'), re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S))
 
@@ -88,6 +89,7 @@ def duplicate_key(text: str) -> tuple[JPath, int] | None:
 
 def token_offset(text: str, token: str) -> int | None:
     """Where a bare token (NaN, a huge number) first appears outside a string."""
+    import re
     pattern = re.compile(r'"(?:[^"\\]|\\.)*"|(?<![0-9.eE+-])' + re.escape(token)
                          + r"(?![0-9.eE+-])", re.S)
     for m in pattern.finditer(text):
@@ -102,7 +104,7 @@ def _key_at(text: str, pos: int) -> tuple[str, int]:
     if m is None:
         raise ValueError("a key was expected")
     raw = m.group()
-    key = json.loads(raw) if "\\" in raw else raw[1:-1]
+    key = loads(raw) if "\\" in raw else raw[1:-1]
     pos = ws.match(text, m.end()).end() + 1           # past the ':'
     return key, ws.match(text, pos).end()
 

@@ -5,7 +5,6 @@ of the `results_summary.json` dict, written by hand in ElementTree's exact forma
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from .analysis import steps_of
@@ -23,6 +22,7 @@ _XML_ILLEGAL = "[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]"
 def _xml(text: Any) -> str:
     if type(text) is str and text.isprintable():   # no control character, surrogate or U+FFFE/F
         return text
+    import re
     return re.sub(_XML_ILLEGAL, "", ANSI.sub("", str(text)))
 
 

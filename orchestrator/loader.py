@@ -20,7 +20,6 @@ from __future__ import annotations
 import gc
 import os
 import posixpath
-import re
 from itertools import chain
 from operator import itemgetter, methodcaller, ne
 
@@ -31,7 +30,7 @@ from .frozen import defaults
 from .interp import interpolate_execution, task_references
 from .model import (PYTHON, SHELL, Execution, FilesScope, OnFailure, Step, StepGroup, Tool,
                     Workstream)
-from .schema import ID_PATTERN, ID_RULE, load_schema, newline_ids, schema_issues
+from .schema import ID_PATTERN, ID_RULE, load_schema, newline_ids, pattern_search, schema_issues
 # `loader._validators` stays reachable: a property test holds the fast check to jsonschema.
 from .schema import validators as _validators  # noqa: F401
 
@@ -44,13 +43,22 @@ __all__ = ["ID_PATTERN", "load_by_id", "load_schema", "load_workstream", "parse_
 ON_CONFLICT = ("error", "serialize")
 
 
+_ID_SEARCH = pattern_search(ID_PATTERN)
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _drive(path: str) -> bool:
+    """`C:\\...` or `C:/...`: a Windows absolute path."""
+    return len(path) >= 3 and path[0] in _LETTERS and path[1] == ":" and path[2] in "\\/"
+
+
 # --- public entry points ----------------------------------------------------------------------------
 
 def load_by_id(ws_id: str, workstreams_dir: str | os.PathLike[str], *,
                project_root: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
                on_conflict: str = "error") -> Workstream:
     """Load `<workstreams_dir>/<ws_id>.json`; the id is checked first, so it cannot name a path."""
-    if not isinstance(ws_id, str) or not re.fullmatch(ID_PATTERN[1:-1], ws_id):
+    if not isinstance(ws_id, str) or not _ID_SEARCH(ws_id) or ws_id.endswith("\n"):
         raise ValidationError(f"invalid workstream id {ws_id!r}: {ID_RULE}")
     directory = os.fspath(workstreams_dir)
     path = os.path.join(directory, f"{ws_id}.json")
@@ -364,7 +372,7 @@ def _check_paths(doc: Doc, steps: list[dict[str, Any]], project_root: str) -> No
         for where in lists:
             pats = scope if len(where) == 1 else scope[where[1]]
             for k, pat in enumerate(pats):
-                if pat.startswith("/") or re.match(r"[A-Za-z]:[\\/]", pat):
+                if pat.startswith("/") or _drive(pat):
                     issues.append(Issue(f"'{pat}' is an absolute path; file scopes are relative "
                                         "to the project root", ("steps", i, *where, k)))
                 elif ".." in pat.replace("\\", "/").split("/"):

@@ -6,13 +6,14 @@ worker, as output streams), in orchestrator.log, and in every string of state an
 """
 from __future__ import annotations
 
-import re
+from .lean import Pattern
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Iterable, Mapping
 
-SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL", re.I)
+SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+SECRET_NAME = Pattern("(?i)" + "|".join(SECRET_WORDS))
 MIN_SECRET_LEN = 4
 
 
@@ -21,9 +22,17 @@ def secret_values(envs: Iterable[Mapping[str, str]]) -> tuple[str, ...]:
     out = set()
     for env in envs:
         for k, v in env.items():
-            if SECRET_NAME.search(k) and isinstance(v, str) and len(v) >= MIN_SECRET_LEN:
+            if secret_name(k) and isinstance(v, str) and len(v) >= MIN_SECRET_LEN:
                 out.add(v)
     return tuple(sorted(out, key=len, reverse=True))
+
+
+def secret_name(name: str) -> bool:
+    """`SECRET_NAME.search(name)`: by hand for an ASCII name (every usual one; no `re`, see `lean`)."""
+    if name.isascii():
+        upper = name.upper()
+        return any(w in upper for w in SECRET_WORDS)
+    return SECRET_NAME.search(name) is not None
 
 
 def mask(text: str | None, secrets: tuple[str, ...]) -> str | None:

@@ -18,9 +18,7 @@ Step states (`StepStatus`) and their legal transitions::
 """
 from __future__ import annotations
 
-import json
 from functools import cached_property
-from enum import Enum
 
 from .fmt import json_encoder
 from .frozen import factory, record
@@ -41,7 +39,71 @@ except ImportError:                                # pragma: no cover - other in
         from hashlib import sha256 as _sha256
 
 
-class StepStatus(str, Enum):
+class _Choices(type):
+    """What these modules ask of `enum.Enum` for a set of named strings, without importing `enum`:
+    with `re` and `signal` it is ~5 ms of every command's start-up (see `lean`). A class
+    made by it has one instance per UPPER_CASE str attribute (its member, a str equal to the value,
+    `.name` and `.value` set); `Cls(value)` gives the member of that value (ValueError for others),
+    `for m in Cls` the members in order; members pickle as themselves."""
+
+    def __new__(mcs, name: str, bases: tuple, ns: dict):
+        cls = super().__new__(mcs, name, bases, ns)
+        members = {}
+        for attr, value in ns.items():
+            if attr.isupper() and type(value) is str:
+                m = str.__new__(cls, value)
+                m.name, m.value = attr, value
+                members[value] = m
+                type.__setattr__(cls, attr, m)
+        cls._members = members
+        for m in members.values():
+            m._init()
+        return cls
+
+    def __call__(cls, value: Any):
+        try:
+            return cls._members[value]
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid {cls.__name__}") from None
+
+    def __iter__(cls):
+        return iter(cls._members.values())
+
+    def __len__(cls) -> int:
+        return len(cls._members)
+
+    def __setattr__(cls, name: str, value: Any) -> None:
+        if name in cls.__dict__ and isinstance(cls.__dict__[name], cls):
+            raise AttributeError(f"cannot reassign member {name!r}")
+        super().__setattr__(name, value)
+
+
+class _Choice(str):
+    name: str
+    value: str
+
+    def _init(self) -> None:
+        """Per member, once its class is made (derived attributes)."""
+
+    def __reduce__(self):
+        return type(self), (self.value,)
+
+    def __copy__(self):
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __str__(self) -> str:  # f-strings show the value, not the member name
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{self.name}: {self.value!r}>"
+
+    __hash__ = str.__hash__
+
+
+class StepStatus(_Choice, metaclass=_Choices):
     PENDING = "pending"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -51,17 +113,12 @@ class StepStatus(str, Enum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
 
-    @property
-    def terminal(self) -> bool:
-        return self not in (StepStatus.PENDING, StepStatus.RUNNING)
+    terminal: bool
+    bad: bool      # ended without success: dependents of such a step are blocked
 
-    @property
-    def bad(self) -> bool:
-        """Ended without success: dependents of such a step are blocked."""
-        return self.terminal and self is not StepStatus.SUCCEEDED
-
-    def __str__(self) -> str:  # f-strings show the value, not the member name
-        return self.value
+    def _init(self) -> None:
+        self.terminal = self.value not in ("pending", "running")
+        self.bad = self.terminal and self.value != "succeeded"
 
 
 TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
@@ -71,23 +128,17 @@ TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
 }
 
 
-class OnFailure(str, Enum):
+class OnFailure(_Choice, metaclass=_Choices):
     CONTINUE = "continue"
     FAIL_ALL = "fail_all"
     COMPLETE_RUNNING = "complete_running"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class RunStatus(str, Enum):
+class RunStatus(_Choice, metaclass=_Choices):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _sorted_json = json_encoder(sort_keys=True, default=str)   # a step's digest (fmt.json_encoder)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal  # the C module: `signal` wraps it in enums, and `enum` costs start-up
 import time
 
 TYPE_CHECKING = False
@@ -52,6 +52,16 @@ def _find_prctl():
 def become_subreaper() -> bool:
     """Orphaned descendants re-parent to this process instead of init."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def signal_name(signum: int) -> str:
+    """`SIGTERM` for 15 ("" for a number no signal has); the `signal` module (and its enums) only
+    where a name is needed."""
+    import signal as named
+    try:
+        return named.Signals(signum).name
+    except ValueError:
+        return ""
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> bool:

@@ -6,7 +6,6 @@ dispatcher's mutable bookkeeping for one step across its attempts.
 """
 from __future__ import annotations
 
-import json
 from operator import itemgetter
 
 from .frozen import defaults, factory, record
@@ -14,6 +13,7 @@ from .masking import mask, mask_obj
 from .model import StepResult, StepStatus, Workstream
 from .analysis import max_concurrency
 from .fmt import iso, json_encoder
+from .lean import dumps, quote_ascii
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ class StepRecord:
         each time a step changes: 1000 steps at its start, again as they run)."""
         d = self.__dict__
         if secrets or d["outputs"] or d["acceptance_tests"] or d["return_value"] is not None:
-            return (json.dumps(mask(self.step_id, secrets)) + ":"
+            return (dumps(mask(self.step_id, secrets)) + ":"
                     + _compact(mask_obj(self.state_dict(), secrets)))
         status, started, finished = d["status"], d["started_at"], d["finished_at"]
         terminal = status.terminal
@@ -176,7 +176,7 @@ def _report_change(d: dict[str, Any]) -> None:
 
 _FRESH = defaults(StepRecord)
 _compact = json_encoder(separators=(",", ":"), default=str)   # the state's (fmt.json_encoder)
-_str = json.encoder.encode_basestring_ascii   # what _compact writes for a str (ensure_ascii)
+_str = quote_ascii   # what _compact writes for a str (ensure_ascii)
 
 
 def _j(value: Any) -> str:

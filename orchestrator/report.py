@@ -15,7 +15,6 @@ the dry-run plan) — and are importable from here too, as they were when this m
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 
 from .analysis import (BAD_RUN, critical_path, id_list, interval, is_kept, max_concurrency,
@@ -43,12 +42,15 @@ DIAGRAM_MAX_STEPS = 200   # above this, the report's Mermaid timeline and flowch
 
 # text that every step below would leave as it is: printable (so no ESC, CR or tab), single spaces
 # between words, none of the characters they escape (the usual step id, worker and command)
-_PLAIN_CELL = re.compile(r"[^\s\\|<>`]+(?: [^\s\\|<>`]+)*")
+_CELL_SPECIAL = frozenset("\\|<>`")
 
 
-def _plain(text: Any, words: re.Pattern[str] = _PLAIN_CELL) -> bool:
-    """A printable str of single-spaced `words`: what a cleaning step would return unchanged."""
-    return type(text) is str and text.isprintable() and words.fullmatch(text) is not None
+def _plain(text: Any, special: frozenset[str] = _CELL_SPECIAL) -> bool:
+    r"""A printable str of single-spaced words without `special` characters: what a cleaning step
+    would return unchanged (`[^\s<special>]+(?: [^\s<special>]+)*` in full; printable text has no
+    other white space than " ", and no regex: see `lean`)."""
+    return (type(text) is str and text.isprintable() and text[:1] not in ("", " ") and text[-1] != " "
+            and "  " not in text and special.isdisjoint(text))
 
 
 def _md_cell(text: Any, limit: int | None = None) -> str:
@@ -68,6 +70,7 @@ def _code(text: Any) -> str:
     flat = " ".join(clean(text).split()).replace("|", "\\|")
     if "`" not in flat:                 # the usual case (a step id, a command): one tick each side
         return f"`{flat}`"
+    import re   # backticks inside a cell: rare
     longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
     ticks = "`" * (longest + 1)
     pad = " " if flat.startswith("`") or flat.endswith("`") else ""
@@ -76,6 +79,7 @@ def _code(text: Any) -> str:
 
 def _fenced(text: str, info: str = "text") -> list[str]:
     """A fenced block longer than any backtick run inside, so a log cannot close it early."""
+    import re   # a log tail of a failure
     longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=0)
     fence = "`" * max(3, longest + 1)
     return [fence + info, text, fence]
@@ -83,14 +87,15 @@ def _fenced(text: str, info: str = "text") -> list[str]:
 
 _GANTT_WORDS = frozenset(("title", "section", "dateFormat", "axisFormat", "excludes", "includes",
                           "todayMarker", "tickInterval", "weekday", "click", "gantt"))
-_PLAIN_LABEL = re.compile(r"[^\s:#;]+(?: [^\s:#;]+)*")
+_LABEL_SPECIAL = frozenset(":#;")
+_LABEL_BLANKS = str.maketrans(":#;", "   ")
 
 
 def _mermaid_label(text: str) -> str:
     """A gantt task label: `:` `#` `;` end or comment a task line, so they go."""
-    if _plain(text, _PLAIN_LABEL) and text.split(" ", 1)[0] not in _GANTT_WORDS:
+    if _plain(text, _LABEL_SPECIAL) and text.split(" ", 1)[0] not in _GANTT_WORDS:
         return text   # the usual step id: nothing below would change it
-    label = re.sub(r"[:#;]", " ", clean(text)).strip() or "step"
+    label = clean(text).translate(_LABEL_BLANKS).strip() or "step"
     if label.split()[0] in _GANTT_WORDS:
         label = "step " + label       # a keyword at the start would be read as a directive
     return " ".join(label.split())

@@ -13,9 +13,7 @@ step at a time on big files. `schema_issues` turns its errors into `Issue`s a pe
 from __future__ import annotations
 
 import functools
-import json
 import os
-import re
 from itertools import chain, repeat
 from operator import contains, itemgetter, methodcaller
 
@@ -26,6 +24,7 @@ if TYPE_CHECKING:  # jsonschema is imported when a document needs explaining: a 
     import jsonschema
 
 from .document import Issue, did_you_mean, show
+from .lean import Pattern, dumps, loads
 from .jsonpos import JPath
 
 __all__ = ["ID_PATTERN", "ID_RULE", "load_schema", "newline_ids", "schema_issues", "validators"]
@@ -33,6 +32,35 @@ __all__ = ["ID_PATTERN", "ID_RULE", "load_schema", "newline_ids", "schema_issues
 ID_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 ID_RULE = ("use lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, "
            "at most 128 characters")
+
+
+def _id_search(first: str, rest: str) -> Callable[[str], Any]:
+    """`re.compile("^[<first>][<rest>]{0,127}$").search`, without a regular expression: the check
+    of every step id and dependency of a document (`$` also matches before a final newline)."""
+    first_set, rest_set = frozenset(first), frozenset(rest)
+
+    def search(x: str) -> bool | None:
+        t = x[:-1] if x[-1:] == "\n" else x
+        return True if 0 < len(t) <= 128 and t[0] in first_set and rest_set.issuperset(t) else None
+    return search
+
+
+_LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
+_MIXED = _LOWER + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_KNOWN_PATTERNS = {
+    ID_PATTERN: lambda: _id_search(_LOWER, _LOWER + "._-"),
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$": lambda: _id_search(_MIXED, _MIXED + "._-"),
+}
+
+
+def pattern_search(pattern: str) -> Callable[[str], Any]:
+    """`re.compile(pattern).search`: the schema's id patterns by hand, any other compiled (and `re`
+    imported) on its first use (see `lean`)."""
+    known = _KNOWN_PATTERNS.get(pattern)
+    if known is not None:
+        return known()
+    rx = Pattern(pattern)
+    return lambda x: rx.search(x)
 
 
 # --- the schemas ----------------------------------------------------------------------------------
@@ -50,10 +78,10 @@ def _schema(name: str) -> dict[str, Any]:
     file = f"{name}.schema.json"
     try:  # next to this module in an ordinary install; importlib.resources costs ~3 ms to start
         with open(os.path.join(os.path.dirname(__file__), "schemas", file), encoding="utf-8") as f:
-            return json.load(f)
+            return loads(f.read())
     except OSError:  # e.g. imported from a zip
         from importlib import resources
-        return json.loads((resources.files("orchestrator") / "schemas" / file)
+        return loads((resources.files("orchestrator") / "schemas" / file)
                           .read_text(encoding="utf-8"))
 
 
@@ -143,7 +171,7 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         s = shaped(s, "string", {"type", "pattern", "minLength"})
         if s is None:
             return None
-        return (re.compile(s["pattern"]).search if "pattern" in s else None,
+        return (pattern_search(s["pattern"]) if "pattern" in s else None,
                 s.get("minLength", 0))
 
     def string_list_rules(s: Any) -> tuple[int, Callable[[str], Any] | None, int] | None:
@@ -237,8 +265,8 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
             elif kw == "minLength":
                 checks.append(lambda x, n=val: not isinstance(x, str) or len(x) >= n)
             elif kw == "pattern":
-                rx = re.compile(val)
-                checks.append(lambda x, rx=rx: not isinstance(x, str) or rx.search(x) is not None)
+                search = pattern_search(val)
+                checks.append(lambda x, f=search: not isinstance(x, str) or f(x) is not None)
             elif kw in ("enum", "const"):
                 values = val if kw == "enum" else [val]
                 if not all(isinstance(v, str) for v in values):
@@ -419,7 +447,7 @@ def newline_ids(data: dict[str, Any]) -> list[Issue]:
     if "\n" not in "\0".join(flat) and not any(map(contains, steps, repeat("callable"))) \
             and "step_groups" not in data:
         return []
-    return [Issue(f"invalid value {json.dumps(value)}: it ends with a newline", where)
+    return [Issue(f"invalid value {dumps(value)}: it ends with a newline", where)
             for where, value in places() if value.endswith("\n")]
 
 
@@ -441,9 +469,9 @@ def _wanted(schema: Any, root: dict[str, Any]) -> str:
     if not isinstance(s, dict):
         return "anything"
     if "const" in s:
-        return json.dumps(s["const"])
+        return dumps(s["const"])
     if "enum" in s:
-        return "one of " + ", ".join(json.dumps(v) for v in s["enum"])
+        return "one of " + ", ".join(dumps(v) for v in s["enum"])
     t = s.get("type")
     if t == "array":
         items = _deref(s.get("items"), root)
@@ -479,7 +507,7 @@ def _explain(err: jsonschema.ValidationError, root: dict[str, Any], prefix: JPat
         if v == "not":
             return [Issue(f"'{inst}' is built in and cannot be redefined as a tool", path + (inst,),
                           at_key=True)]
-        return [Issue(f"invalid tool name {json.dumps(inst)}: use letters, digits, '.', '_' or "
+        return [Issue(f"invalid tool name {dumps(inst)}: use letters, digits, '.', '_' or "
                       "'-', starting with a letter or digit", path + (inst,), at_key=True)]
     if v == "required":
         return [Issue(f"missing required property '{k}'", path) for k in value if k not in inst]
@@ -494,17 +522,17 @@ def _explain(err: jsonschema.ValidationError, root: dict[str, Any], prefix: JPat
                       f"got {show(inst)}", path)]
     if v in ("enum", "const"):
         allowed = value if v == "enum" else [value]
-        text = ", ".join(json.dumps(a) for a in allowed)
+        text = ", ".join(dumps(a) for a in allowed)
         hint = did_you_mean(inst, [str(a) for a in allowed]) if isinstance(inst, str) else None
         return [Issue(f"must be {'one of ' if len(allowed) > 1 else ''}{text}, got {show(inst)}",
                       path, hint)]
     if v == "pattern":
         if value == ID_PATTERN:
-            return [Issue(f"invalid id {json.dumps(inst)}: {ID_RULE}", path)]
+            return [Issue(f"invalid id {dumps(inst)}: {ID_RULE}", path)]
         if path and path[-1] == "callable":
-            return [Issue(f"invalid callable {json.dumps(inst)}: expected "
+            return [Issue(f"invalid callable {dumps(inst)}: expected "
                           '"package.module:function"', path)]
-        return [Issue(f"{json.dumps(inst)} does not match the pattern {value}", path)]
+        return [Issue(f"{dumps(inst)} does not match the pattern {value}", path)]
     if v == "minItems":
         return [Issue("must not be empty" if value == 1 else f"must have at least {value} items",
                       path)]

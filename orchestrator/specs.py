@@ -10,9 +10,9 @@ directory, the deadline and the run's paths. `${steps.<id>.outputs.<key>}`, `${w
 from __future__ import annotations
 
 import os
-import re
 
 from .frozen import record
+from .lean import Pattern
 from .interp import substitute_task
 from .model import PYTHON, SHELL, StepSpec, Task, Workstream
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from os import PathLike
     from typing import Any, Callable, Mapping
 
-_PLACEHOLDER = re.compile(r"\{(task|step_id|ws_id|files)\}")
+_PLACEHOLDER = Pattern(r"\{(task|step_id|ws_id|files)\}")   # tools' command templates
 
 
 @record
@@ -79,7 +79,12 @@ def build_spec(ctx: RunContext, sid: str, attempt: int, *, outputs: Mapping[str,
 # A command made of plain words only (no quoting, expansion, redirection, globbing, operators or
 # newlines) means the same with or without a shell, so it is exec'd directly, as make does: one exec
 # instead of two. Shell builtins and keywords, assignments and names not found on PATH keep the shell.
-_PLAIN = re.compile(r"[A-Za-z0-9_./:,+@%=-]+(?: +[A-Za-z0-9_./:,+@%=-]+)*")
+_PLAIN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:,+@%=- ")
+
+
+def _plain(text: str) -> bool:
+    """`[A-Za-z0-9_./:,+@%=-]+(?: +[A-Za-z0-9_./:,+@%=-]+)*` in full, without a regex (`lean`)."""
+    return text[:1] not in ("", " ") and text[-1] != " " and _PLAIN_CHARS.issuperset(text)
 _SH_WORDS = frozenset(
     ". : [ alias bg break case cd command continue do done echo elif else esac eval exec exit export "
     "fc fg fi for getopts hash if in jobs kill local printf pwd read readonly return set shift "
@@ -90,7 +95,7 @@ _FOUND: dict[tuple[str, str | None], str | None] = {}
 def shell_argv(text: str, path: str | None = None) -> tuple[str, ...]:
     """argv for a shell task: the words themselves when the shell would only split them, else
     `/bin/sh -c text`. `path`: the PATH the step will see (None: ours)."""
-    words = text.split() if _PLAIN.fullmatch(text) else None
+    words = text.split() if _plain(text) else None
     if words and "/" not in words[0] and "=" not in words[0] and words[0] not in _SH_WORDS:
         key = (words[0], path)
         if key not in _FOUND:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
-import re
 import time
 
 from .masking import mask, mask_obj
 from .errors import LockHeldError, RunNotFoundError
 from .fmt import json_encoder
+from .lean import dumps, loads
 from .procs import pid_alive
 
 TYPE_CHECKING = False
@@ -31,7 +30,13 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
     from os import PathLike
 
-RUN_ID_RE = re.compile(r"^\d{8}_\d{6}_[0-9a-f]{8}$")
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_run_id(name: str) -> bool:
+    """`20261125_143022_1a2b3c4d` (what `new_run_id` makes): the names of a workstream's runs."""
+    return (len(name) == 24 and name[8] == name[15] == "_" and name[:8].isdecimal()
+            and name[9:15].isdecimal() and _HEX.issuperset(name[16:]))
 
 
 def new_run_id(now: float | None = None) -> str:
@@ -306,7 +311,7 @@ class RunStore:
     def write_history(self, data: dict) -> None:
         _mkdir(self.ws_dir)
         atomic_write(os.path.join(self.ws_dir, "history.json"),
-                     json.dumps(data, separators=(",", ":")) + "\n", fsync=False)
+                     dumps(data, separators=(",", ":")) + "\n", fsync=False)
 
     # --- reading (also used by `status`, which never writes) ----------------------------------------
     def read_state(self, run_id: str | None = None) -> dict | None:
@@ -362,7 +367,7 @@ def _read_holder(path: str) -> tuple[int | None, str | None]:
 def read_json(path: str | PathLike[str]) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return loads(f.read())
     except (OSError, ValueError):
         return None
 
@@ -384,7 +389,7 @@ def latest_run_id(ws_dir: str | PathLike[str]) -> str | None:
         names = os.listdir(runs)
     except OSError:
         return None
-    found = sorted(n for n in names if RUN_ID_RE.match(n))
+    found = sorted(n for n in names if is_run_id(n))
     return found[-1] if found else None
 
 

@@ -1,0 +1,107 @@
+"""JSON and regular expressions for the modules on the path of `run` and `validate`, without
+importing `json` or `re` until something unusual needs them.
+
+`json` imports `re`, `re` imports `enum`, and with `signal` (whose wrapper is made of enums) they
+are ~5 ms of every command's start-up on the reference machine, a sixth of a one-step run. The C
+pieces under `json` (`_json`: the scanner and the encoder) need none of them, so:
+
+- `loads` reads JSON with `_json`'s scanner, exactly as `json.loads` does; on any error it asks
+  `json.loads` itself, so an error is the package's own (`json.JSONDecodeError`, same message and
+  position). `decode_error()` is that class, for an `except` clause (evaluated only on an error).
+- `make_encoder`, `quote_ascii` and `quote` are `_json`'s, as `json.encoder` uses them.
+- `Pattern` is a regular expression compiled (and `re` imported) on its first use. The hot checks
+  of a run (ids, plain cells) are written without one where they are.
+"""
+from __future__ import annotations
+
+import _json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+make_encoder = _json.make_encoder
+quote_ascii = _json.encode_basestring_ascii
+quote = _json.encode_basestring
+
+_WS = " \t\n\r"
+_CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+
+
+class _Context:
+    """The attributes `_json.make_scanner` reads of a `json.JSONDecoder`."""
+    __slots__ = ("strict", "object_hook", "object_pairs_hook", "parse_float", "parse_int",
+                 "parse_constant", "memo")
+
+    def __init__(self, parse_float, parse_int, parse_constant, object_pairs_hook):
+        self.strict = True
+        self.object_hook = None
+        self.object_pairs_hook = object_pairs_hook
+        self.parse_float = parse_float or float
+        self.parse_int = parse_int or int
+        self.parse_constant = parse_constant or _CONSTANTS.__getitem__
+        self.memo: dict = {}
+
+
+def loads(text: str, *, parse_constant: Callable[[str], Any] | None = None,
+          parse_float: Callable[[str], Any] | None = None, parse_int: Callable[[str], Any] | None = None,
+          object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None) -> Any:
+    """`json.loads(text, ...)` for a str; what the hooks raise passes through unchanged."""
+    if type(text) is str and not text.startswith("\ufeff"):
+        start = len(text) - len(text.lstrip(_WS))
+        scan = _json.make_scanner(_Context(parse_float, parse_int, parse_constant, object_pairs_hook))
+        try:
+            value, end = scan(text, start)
+        except StopIteration:
+            pass
+        except ValueError as e:
+            if not isinstance(e, decode_error()):
+                raise
+        else:
+            if not text[end:].strip(_WS):
+                return value
+    import json   # malformed, or not a str: the package's own answer (and error)
+    return json.loads(text, parse_constant=parse_constant, parse_float=parse_float,
+                      parse_int=parse_int, object_pairs_hook=object_pairs_hook)
+
+
+def decode_error() -> type[ValueError]:
+    """`json.JSONDecodeError` (importing `json.decoder` only now)."""
+    from json.decoder import JSONDecodeError
+    return JSONDecodeError
+
+
+def _fail(obj: Any) -> Any:
+    raise TypeError(f"Object of type {obj.__class__.__name__} is not JSON serializable")
+
+
+def dumps(obj: Any, *, separators: tuple[str, str] = (", ", ": "),
+          default: Callable[[Any], Any] | None = None) -> str:
+    """`json.dumps(obj, separators=..., default=...)` (ASCII, no indent)."""
+    if type(obj) is str:
+        return quote_ascii(obj)
+    chunks = make_encoder({}, default or _fail, quote_ascii, None, separators[1], separators[0],
+                          False, False, True)
+    return "".join(chunks(obj, 0))
+
+
+class Pattern:
+    """`re.compile(pattern)` on first use (flags inline in the pattern, as `(?i)`): the methods of
+    the compiled expression, which it then is for good."""
+    __slots__ = ("pattern", "_rx")
+
+    def __init__(self, pattern: str):
+        self.pattern = pattern
+        self._rx = None
+
+    def compiled(self) -> Any:
+        rx = self._rx
+        if rx is None:
+            import re
+            rx = self._rx = re.compile(self.pattern)
+        return rx
+
+    def __getattr__(self, name: str) -> Any:   # search, fullmatch, sub, finditer, ...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.compiled(), name)
