@@ -7,7 +7,7 @@ that never started, kept steps of a resumed run, missing or non-numeric fields a
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from _collections_abc import Iterable, Mapping, Sequence   # collections.abc, without collections
 
 from .fmt import clean, number
 

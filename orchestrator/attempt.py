@@ -9,11 +9,11 @@ event) run children differently but record them the same way, through what is he
 """
 from __future__ import annotations
 
-import collections
 import os
 import resource
 import _signal as signal  # the C module: `signal` wraps it in enums, and `enum` costs start-up
 import time
+from _collections import deque
 
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
 from .lean import loads
@@ -39,7 +39,7 @@ class LogSink:
         self.written = 0
         self.total = 0
         self.cut = 0
-        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail: deque[bytes] = deque()
         self.tail_size = 0
         self.secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
         self.hold = max((len(s) for s in self.secrets), default=1) - 1

@@ -18,14 +18,14 @@ start again on it (their interrupted attempt is not counted).
 """
 from __future__ import annotations
 
-import collections
 import gc
 import os
 import select
 import _signal as signal  # the C module: `signal` wraps it in enums, and `enum` costs start-up
-import threading
 import time
-from collections.abc import Mapping
+from _collections import deque
+from _collections_abc import Mapping   # what collections.abc is, without importing collections
+from _thread import get_ident
 
 from . import history, procs, scopes
 from .errors import WorkerDied
@@ -121,7 +121,7 @@ class Dispatcher:
         self.worker_pid: dict[str, int] = {}
         self.group_start: dict[str, float] = {}
         self.group_of = {sid: g for g in ws.step_groups for sid in g.steps}
-        self._done: collections.deque = collections.deque()
+        self._done: deque = deque()
         self._signals: list[int] = []
         self._cancel_at: float | None = None
         self._next_tick = 0.0
@@ -209,7 +209,7 @@ class Dispatcher:
         for fd in (wake_r, wake_w, prog_r):
             os.set_blocking(fd, False)
         self._wake_w = wake_w
-        self._loop_thread = threading.get_ident()
+        self._loop_thread = get_ident()
         old_handlers = self._install_signals(wake_w)
         # what a step leaves behind (inline pool), or a pool worker killed from outside, re-parents
         # to us, not to init, so that we can end it
@@ -306,11 +306,12 @@ class Dispatcher:
 
     # --- signals -----------------------------------------------------------------------------------
     def _install_signals(self, wake_w: int):
-        if threading.current_thread() is not threading.main_thread():
-            return None
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        for s in old:
-            signal.signal(s, lambda signum, frame: self._signals.append(signum))
+        try:
+            for s in old:
+                signal.signal(s, lambda signum, frame: self._signals.append(signum))
+        except ValueError:   # not the main thread (the first call refuses): no handlers
+            return None
         old_fd = signal.set_wakeup_fd(wake_w)
         return old, old_fd
 
@@ -452,7 +453,7 @@ class Dispatcher:
         """Hand the result to the loop. In an executor's thread it must also wake the loop; a pool
         polled by the loop itself calls this in the loop's thread, which needs no wakeup."""
         self._done.append((sid, attempt, fut))
-        if threading.get_ident() == self._loop_thread:
+        if get_ident() == self._loop_thread:
             return
         try:
             os.write(self._wake_w, b"\0")

@@ -177,11 +177,11 @@ def exit_now(code: object) -> None:
     at exit), or stdout/stderr that cannot be flushed (the normal exit reports it)."""
     if not isinstance(code, int) and code is not None:
         return
-    # a module never imported has nothing to say (no thread was started through `threading`, no
-    # exit handler registered): importing them only to ask costs ~1 ms
-    threading, atexit = sys.modules.get("threading"), sys.modules.get("atexit")
-    if (threading is not None and threading.active_count() > 1) \
-            or (atexit is not None and getattr(atexit, "_ncallbacks", lambda: 1)()) \
+    # a module never imported has nothing to say (no exit handler registered): importing it only
+    # to ask costs ~1 ms; threads are counted by `_thread` (ours start there, see `lean`)
+    from .lean import others_running
+    atexit = sys.modules.get("atexit")
+    if others_running() or (atexit is not None and getattr(atexit, "_ncallbacks", lambda: 1)()) \
             or "distributed" in sys.modules:
         return
     try:

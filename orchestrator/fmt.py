@@ -5,7 +5,7 @@ characters removed). Pure functions of their arguments; `iso` caches the formatt
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from _collections_abc import Mapping   # collections.abc, without collections
 
 from .lean import Pattern, make_encoder, quote, quote_ascii
 

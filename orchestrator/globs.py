@@ -15,8 +15,9 @@ which patterns need no automaton and where a glob's matches can start. Pure func
 """
 from __future__ import annotations
 
-import functools
-from collections import deque
+from _collections import deque
+
+from .lean import memo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def is_directory(pattern: str) -> bool:
     return "." not in pattern.rsplit("/", 1)[-1]
 
 
-@functools.lru_cache(maxsize=65536)
+@memo(65536)
 def _segments(pattern: str) -> tuple[str, ...]:
     """A pattern's segments, plus a final `**` when it names directories (see `is_directory`)."""
     norm = normalize_glob(pattern)
@@ -109,7 +110,7 @@ def _complement(a: Intervals) -> Intervals:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=4096)
+@memo(4096)
 def _tokens(seg: str) -> tuple[Token, ...]:
     """One segment glob as tokens: `*`, or a set of characters (a literal is a one-char set)."""
     toks: list[Token] = []
@@ -168,7 +169,7 @@ def _pick(iv: Intervals) -> str:
     return chr(max(lo, 0x21)) if any(l <= 0x21 <= h for l, h in iv) else chr(lo)
 
 
-@functools.lru_cache(maxsize=65536)
+@memo(65536)
 def _segment_overlap(a: str, b: str) -> str | None:
     """A non-empty string matched by both segment globs, or None: 0-1 BFS over token positions."""
     ta, tb = _tokens(a), _tokens(b)
@@ -257,7 +258,7 @@ def glob_overlap(a: str, b: str) -> str | None:
     return "/".join(segs) or "**"   # both cover the whole tree
 
 
-@functools.lru_cache(maxsize=65536)
+@memo(65536)
 def _segment_regex(seg: str) -> re.Pattern[str]:
     """A compiled matcher for one segment glob, built from the same tokens as the overlap search."""
     import re   # only a workstream with file scopes gets here (see `lean`)

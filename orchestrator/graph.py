@@ -10,10 +10,10 @@ as are `glob_overlap` and `normalize_glob` from `globs`).
 """
 from __future__ import annotations
 
-import heapq
-from collections import deque
+from _collections import deque
+from _heapq import heappop, heappush
 from itertools import chain, repeat
-from operator import lt
+from _operator import lt
 
 from .globs import glob_overlap, normalize_glob
 
@@ -88,12 +88,12 @@ def _kahn(unmet: list[int], users: Callable[[int], Iterable[int]],
     heap = [i for i, k in enumerate(unmet) if k == 0]     # ascending, so already a heap
     out: list[int] = []
     while heap:
-        i = heapq.heappop(heap)
+        i = heappop(heap)
         out.append(i)
         for u in users(i):
             unmet[u] -= 1
             if unmet[u] == 0:
-                heapq.heappush(heap, u)
+                heappush(heap, u)
     if len(out) != len(unmet):
         cycle = find_cycle(graph())
         raise ValueError("dependency cycle: " + " -> ".join(cycle or ["?"]))

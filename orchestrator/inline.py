@@ -23,12 +23,11 @@ even by SIGKILL, and ends every process that carries this run's id.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from functools import partial
+from _functools import partial
 
 from . import procs
-from .lean import dumps
+from .lean import Thread, dumps
 from .model import StepResult, StepSpec, StepStatus, Task, TestResult
 from .attempt import (RSS_SAMPLE_EVERY, LogSink, Ran, Verdict, base_env, build_result, judge_task,
                       judge_test, keep_log, note_spawn_error, own_hwm)
@@ -348,7 +347,7 @@ class InlinePool:
         self._fds: dict[int, _Attempt] = {}
         self._running: dict[Any, _Attempt] = {}   # by Outcome
         self._py = None                     # a LocalPool, for `python` steps, made on first use
-        self._killers: list[threading.Thread] = []
+        self._killers: list[Thread] = []
         self._cwd = os.getcwd()
         self.hwm = own_hwm()
         self.broken = False
@@ -538,9 +537,7 @@ class InlinePool:
             for orphan in procs.marked(spec.run_id, spec.step_id):
                 procs.kill_tree(orphan, include_root=True, grace=0.0, reap=False)
 
-        t = threading.Thread(target=run, name=f"kill {spec.step_id}", daemon=True)
-        t.start()
-        self._killers.append(t)
+        self._killers.append(Thread(run))
 
     def _known(self) -> set[int]:
         return set(self.worker_pids())

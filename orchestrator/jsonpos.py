@@ -12,9 +12,7 @@ after all. Paths are tuples of keys and list indexes, as `interp.format_json_pat
 """
 from __future__ import annotations
 
-import functools
-
-from .lean import loads
+from .lean import loads, memo
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -48,7 +46,7 @@ def line_cols(text: str, offsets: Iterable[int]) -> dict[int, tuple[int, int]]:
     return out
 
 
-@functools.cache
+@memo()
 def _tokens() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
     """Whitespace, string, scalar, and string-or-bracket patterns, compiled the first time a
     document has something to place: a valid one never does (nor imports `re`, see `lean`)."""

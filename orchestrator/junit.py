@@ -5,7 +5,7 @@ of the `results_summary.json` dict, written by hand in ElementTree's exact forma
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from _collections_abc import Mapping   # collections.abc, without collections
 
 from .analysis import steps_of
 from .fmt import ANSI, number, parse_iso

@@ -11,10 +11,20 @@ pieces under `json` (`_json`: the scanner and the encoder) need none of them, so
 - `make_encoder`, `quote_ascii` and `quote` are `_json`'s, as `json.encoder` uses them.
 - `Pattern` is a regular expression compiled (and `re` imported) on its first use. The hot checks
   of a run (ids, plain cells) are written without one where they are.
+
+Likewise `threading` imports `functools` and `collections` (and they `operator`, `keyword`,
+`reprlib`, `types`...): ~3 ms more. These modules use their C halves (`_thread`, `_functools`,
+`_collections`, `_collections_abc`, `_operator`, `_heapq`: the same objects the packages export),
+and here:
+
+- `Thread`: what they ask of `threading.Thread` (started at once, `is_alive`, `join`) on `_thread`.
+- `memo`: `functools.lru_cache` (a dict; when bounded and full it starts again).
+- `once`: `functools.cached_property` (computed on first access, kept in the instance's dict).
 """
 from __future__ import annotations
 
 import _json
+import _thread
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -105,3 +115,73 @@ class Pattern:
         if name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.compiled(), name)
+
+
+class Thread:
+    """`threading.Thread(target=target, args=args, daemon=True).start()`: a thread the interpreter
+    does not wait for at exit (whoever needs it finished joins it)."""
+    __slots__ = ("_running",)
+
+    def __init__(self, target: Callable[..., Any], *args: Any):
+        self._running = _thread.allocate_lock()
+        self._running.acquire()
+        _ALIVE.add(self._running)
+        _thread.start_new_thread(self._run, (target, args))
+
+    def _run(self, target: Callable[..., Any], args: tuple) -> None:
+        try:
+            target(*args)
+        finally:
+            _ALIVE.discard(self._running)
+            self._running.release()
+
+    def is_alive(self) -> bool:
+        return self._running.locked()
+
+    def join(self) -> None:
+        with self._running:
+            pass
+
+
+_ALIVE: set = set()   # the locks of the `Thread`s not yet ended (from their start, which `_count` is not)
+
+
+def others_running() -> bool:
+    """Is any thread but this one alive (`threading.active_count() > 1`, for threads of both kinds)?"""
+    return bool(_ALIVE) or _thread._count() > 0
+
+
+def memo(maxsize: int | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`functools.lru_cache(maxsize)` for functions of hashable positional arguments."""
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        cache: dict = {}
+
+        def cached(*args: Any) -> Any:
+            try:
+                return cache[args]
+            except KeyError:
+                pass
+            value = fn(*args)
+            if maxsize is not None and len(cache) >= maxsize:
+                cache.clear()
+            cache[args] = value
+            return value
+        cached.__name__, cached.__doc__, cached.__wrapped__ = fn.__name__, fn.__doc__, fn
+        return cached
+    return wrap
+
+
+class once:
+    """`functools.cached_property`: `fn(self)` on first access, then the instance's own attribute."""
+
+    def __init__(self, fn: Callable[[Any], Any]):
+        self.fn, self.name, self.__doc__ = fn, fn.__name__, fn.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__[self.name] = self.fn(obj)
+        return value

@@ -21,7 +21,7 @@ import gc
 import os
 import posixpath
 from itertools import chain
-from operator import itemgetter, methodcaller, ne
+from _operator import itemgetter, methodcaller, ne
 
 from . import graph, scopes
 from .document import MAX_ERRORS, Doc, Issue, did_you_mean, read_json, show

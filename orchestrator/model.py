@@ -18,9 +18,9 @@ Step states (`StepStatus`) and their legal transitions::
 """
 from __future__ import annotations
 
-from functools import cached_property
 
 from .fmt import json_encoder
+from .lean import once
 from .frozen import factory, record
 
 TYPE_CHECKING = False
@@ -268,19 +268,19 @@ class Workstream:
     description: str = ""
     source: str = ""                             # the file it was loaded from, for messages
 
-    @cached_property
+    @once
     def _by_id(self) -> dict[str, Step]:
         return dict(zip(self.step_ids, self.steps))
 
     def step(self, step_id: str) -> Step:
         return self._by_id[step_id]
 
-    @cached_property
+    @once
     def step_ids(self) -> tuple[str, ...]:
         """The ids in file order (made once: a pass over 100 000 steps costs ~50 ms)."""
         return tuple(s.id for s in self.steps)
 
-    @cached_property
+    @once
     def links(self) -> StepLinks:
         """The dependency graph over file positions (`graph.StepLinks`), made once."""
         from .graph import StepLinks

@@ -6,7 +6,7 @@ dispatcher's mutable bookkeeping for one step across its attempts.
 """
 from __future__ import annotations
 
-from operator import itemgetter
+from _operator import itemgetter
 
 from .frozen import defaults, factory, record
 from .masking import mask, mask_obj

@@ -15,7 +15,7 @@ the dry-run plan) — and are importable from here too, as they were when this m
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from _collections_abc import Mapping, Sequence   # collections.abc, without collections
 
 from .analysis import (BAD_RUN, critical_path, id_list, interval, is_kept, max_concurrency,
                        recommendations, steps_of)

@@ -23,9 +23,9 @@ the remaining steps of a tool after N consecutive failed steps of it. `stop()` i
 """
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from _heapq import heapify, heappop, heappush
 from itertools import repeat
-from operator import neg
+from _operator import neg
 
 from .frozen import record
 from .history import expected

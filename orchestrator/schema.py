@@ -12,10 +12,10 @@ step at a time on big files. `schema_issues` turns its errors into `Issue`s a pe
 """
 from __future__ import annotations
 
-import functools
 import os
 from itertools import chain, repeat
-from operator import contains, itemgetter, methodcaller
+from _functools import partial
+from _operator import contains, itemgetter, methodcaller
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # jsonschema is imported when a document needs explaining: a valid file never pays
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # jsonschema is imported when a document needs explaining: a 
     import jsonschema
 
 from .document import Issue, did_you_mean, show
-from .lean import Pattern, dumps, loads
+from .lean import Pattern, dumps, loads, memo, once
 from .jsonpos import JPath
 
 __all__ = ["ID_PATTERN", "ID_RULE", "load_schema", "newline_ids", "schema_issues", "validators"]
@@ -71,7 +71,7 @@ def load_schema(name: str) -> dict[str, Any]:
     return copy.deepcopy(_schema(name))
 
 
-@functools.lru_cache(maxsize=None)
+@memo()
 def _schema(name: str) -> dict[str, Any]:
     if name not in ("workstream", "results_summary"):
         raise ValueError(f"unknown schema {name!r}")
@@ -100,17 +100,17 @@ class Validators:
         self.fast = compile_(schema)
         self.fast_step = compile_(schema["$defs"]["step"])
 
-    @functools.cached_property
+    @once
     def slow(self) -> "jsonschema.Draft202012Validator":
         import jsonschema
         return jsonschema.Draft202012Validator(self._schema)
 
-    @functools.cached_property
+    @once
     def slow_step(self) -> "jsonschema.Draft202012Validator":
         return self.slow.evolve(schema=self._schema["$defs"]["step"])
 
 
-@functools.lru_cache(maxsize=None)
+@memo()
 def validators() -> Validators:
     """The one `Validators`, compiled on first use."""
     return Validators()
@@ -185,9 +185,9 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         """`one` for a string shape, `many` for a list of strings, with their rules; else None."""
         rules = string_rules(s)
         if rules is not None:
-            return functools.partial(one, *rules)
+            return partial(one, *rules)
         list_rules = string_list_rules(s)
-        return None if list_rules is None else functools.partial(many, *list_rules)
+        return None if list_rules is None else partial(many, *list_rules)
 
     def fused(s: dict[str, Any]) -> Callable[[Any], bool] | None:
         """One closure for the common shapes (a string with a pattern, a list of such strings, an
@@ -203,14 +203,14 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
             item_object = object_rules(items)
             if item_object is not None:      # the steps: checked a field at a time, in C
                 required, props, extra = item_object
-                return functools.partial(_check_objects, s.get("minItems", 0), required,
+                return partial(_check_objects, s.get("minItems", 0), required,
                                          {k: all_of(v) for k, v in props.items()},
                                          None if extra is None else all_of(extra))
-            return functools.partial(_check_list, s.get("minItems", 0), comp(items))
+            return partial(_check_list, s.get("minItems", 0), comp(items))
         shape = object_rules(s)
         if shape is not None:
             required, props, extra = shape
-            return functools.partial(_check_dict, required, {k: comp(v) for k, v in props.items()},
+            return partial(_check_dict, required, {k: comp(v) for k, v in props.items()},
                                      None if extra is None else comp(extra))
         return None
 
@@ -227,7 +227,7 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
         """"Is every value in this list valid?", with the loops in C for strings and lists of
         strings."""
         quick = strings(s, _all_strings, _all_string_lists)
-        return quick if quick is not None else functools.partial(_all_valid, comp(s))
+        return quick if quick is not None else partial(_all_valid, comp(s))
 
     def comp(s: Any) -> Callable[[Any], bool]:
         if s is True:
@@ -255,11 +255,11 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
                               (lambda x, k=kinds: any(f(x) for f in k)))
             elif kw in ("properties", "additionalProperties"):
                 if kw == "properties" or "properties" not in s:
-                    checks.append(functools.partial(_check_object, props, extra_f))
+                    checks.append(partial(_check_object, props, extra_f))
             elif kw == "required":
                 checks.append(lambda x, r=tuple(val): not isinstance(x, dict) or all(k in x for k in r))
             elif kw == "items":
-                checks.append(functools.partial(_check_items, comp(val)))
+                checks.append(partial(_check_items, comp(val)))
             elif kw == "minItems":
                 checks.append(lambda x, n=val: not isinstance(x, list) or len(x) >= n)
             elif kw == "minLength":
@@ -295,7 +295,7 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
             first, second = checks
             check = lambda x: first(x) and second(x)  # noqa: E731  (the common case, kept flat)
         else:
-            check = functools.partial(_check_all, tuple(checks))
+            check = partial(_check_all, tuple(checks))
         done[id(s)] = check
         return check
 

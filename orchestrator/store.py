@@ -18,11 +18,12 @@ import errno
 import fcntl
 import os
 import time
+from _thread import allocate_lock
 
 from .masking import mask, mask_obj
 from .errors import LockHeldError, RunNotFoundError
 from .fmt import json_encoder
-from .lean import dumps, loads
+from .lean import Thread, dumps, loads
 from .procs import pid_alive
 
 TYPE_CHECKING = False
@@ -54,35 +55,42 @@ class _Writer:
     """A thread that writes the newest text given for each file, atomically (see atomic_write)."""
 
     def __init__(self) -> None:
-        import threading
-        self._cond = threading.Condition()
+        self._lock = allocate_lock()     # guards _pending and _closed
+        self._idle = allocate_lock()     # held while there is nothing to do (a binary semaphore)
+        self._idle.acquire()
         self._pending: dict[str, str] = {}
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="state-writer", daemon=True)
-        self._thread.start()
+        self._thread = Thread(self._run)
+
+    def _wake(self) -> None:   # with _lock held
+        if self._idle.locked():
+            self._idle.release()
 
     def put(self, path: str, text: str) -> None:
-        with self._cond:
+        with self._lock:
             self._pending[path] = text
-            self._cond.notify()
+            self._wake()
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._pending and not self._closed:
-                    self._cond.wait()
+            self._idle.acquire()   # until put or close wakes it
+            with self._lock:
                 if not self._pending:
-                    return
+                    if self._closed:
+                        return
+                    continue
                 path, text = self._pending.popitem()
+                if self._pending or self._closed:
+                    self._wake()   # more to do: the next acquire does not wait
             try:
                 atomic_write(path, text)
             except OSError:   # the next write (or the final, foreground one) tries again
                 pass
 
     def close(self) -> None:
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify()
+            self._wake()
         self._thread.join()
 
 

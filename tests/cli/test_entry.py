@@ -127,9 +127,10 @@ def test_fast_and_click_commands_end_the_same(make_workstream, project, capsys, 
 
 # what `run` and `validate` must not import: click and what it brings (~15 ms), dataclasses, and
 # pathlib (~8 ms with the urllib.parse, ipaddress and fnmatch it imports); nor json, re, enum and
-# signal (~5 ms together: `orchestrator.lean`) for a workstream that needs no regular expression
+# signal (~5 ms together), nor threading, functools, collections, operator and heapq (~3 ms: their
+# C halves do) for a workstream that needs no regular expression (`orchestrator.lean`)
 HEAVY = ("click", "inspect", "typing", "dataclasses", "pathlib", "ctypes", "datetime",
-         "json", "re", "enum", "signal")
+         "json", "re", "enum", "signal", "threading", "functools", "collections", "operator", "heapq")
 
 
 @pytest.mark.parametrize("argv", [["validate", "--ws-id", "ws-test"],

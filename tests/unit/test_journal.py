@@ -56,3 +56,17 @@ def test_a_big_state_waits_its_size_at_the_rate(tmp_path, monkeypatch):
     j.store.settle()
     assert json.loads(open(os.path.join(j.run_dir, "state.json")).read())["updated_at"] != before
     j.store.close()
+
+
+def test_the_background_writer_leaves_each_file_with_its_newest_text(tmp_path):
+    """The store's writer thread (on `_thread`): every file ends with the last text given for it,
+    whole, and nothing of its temp files is left once it is closed."""
+    from orchestrator.store import _Writer
+    w = _Writer()
+    paths = [str(tmp_path / f"f{k}.json") for k in range(3)]
+    for i in range(300):
+        w.put(paths[i % 3], json.dumps({"i": i, "pad": "x" * (i * 37 % 5000)}))
+    w.close()
+    assert [json.loads(open(p).read())["i"] for p in paths] == [297, 298, 299]
+    assert sorted(os.listdir(tmp_path)) == ["f0.json", "f1.json", "f2.json"]
+    assert not w._thread.is_alive()

@@ -168,3 +168,63 @@ def test_choices_behave_as_the_str_enums_they_replace():
         OnFailure(["continue"])
     with pytest.raises(AttributeError):
         StepStatus.FAILED = "x"
+
+
+# --- threads, caches, cached attributes without threading and functools -----------------------------
+
+def test_thread_runs_its_target_and_joins():
+    import _thread
+    started, release, seen = _thread.allocate_lock(), _thread.allocate_lock(), []
+    started.acquire()
+    release.acquire()
+
+    def work(x):
+        started.release()
+        with release:       # held by the test until it has looked
+            seen.append(x)
+
+    t = lean.Thread(work, 7)
+    with started:            # the target is running
+        assert t.is_alive() and lean.others_running()
+    release.release()
+    t.join()
+    assert seen == [7] and not t.is_alive()
+
+
+def test_a_thread_counts_as_running_from_its_start():
+    import _thread
+    gate = _thread.allocate_lock()
+    gate.acquire()
+    t = lean.Thread(gate.acquire)            # blocks until released below
+    assert lean.others_running()             # at once, before the new thread has run at all
+    gate.release()
+    t.join()
+
+
+def test_memo_caches_by_arguments_and_stays_bounded():
+    calls = []
+
+    @lean.memo(2)
+    def double(x):
+        """Twice x."""
+        calls.append(x)
+        return 2 * x
+
+    assert [double(1), double(1), double(2), double(1)] == [2, 2, 4, 2] and calls == [1, 2]
+    double(3)                                # a third key: the full cache starts again
+    double(1)
+    assert calls == [1, 2, 3, 1] and double.__doc__ == "Twice x." and double.__wrapped__(5) == 10
+
+
+def test_once_computes_on_first_access_only():
+    class Box:
+        made = 0
+
+        @lean.once
+        def value(self):
+            Box.made += 1
+            return [Box.made]
+
+    b = Box()
+    assert b.value is b.value and b.value == [1] and Box.made == 1 and isinstance(Box.value, lean.once)
+    assert Box().value == [2]
