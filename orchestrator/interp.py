@@ -11,8 +11,6 @@ and every other `${...}` (a shell's `${HOME}`) is left alone for the shell.
 """
 from __future__ import annotations
 
-import math
-
 from .errors import ValidationError
 from .lean import dumps
 
@@ -73,7 +71,7 @@ def _typed(text: str) -> Any:
         return int(s)
     if re.fullmatch(_FLOAT, s):
         value = float(s)
-        if math.isfinite(value):
+        if value - value == 0.0:   # finite (math.isfinite, without loading math)
             return value
     return text
 

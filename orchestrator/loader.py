@@ -91,11 +91,12 @@ def load_workstream(path: str | os.PathLike[str], *, project_root: str | os.Path
         raise ValidationError("is a directory, not a workstream file", path=shown) from None
     except OSError as e:
         raise ValidationError(f"cannot read the file: {e.strerror or e}", path=shown) from None
+    skip = 3 if data.startswith(b"\xef\xbb\xbf") else 0   # a BOM, as "utf-8-sig" (a codec to load) drops it
     try:
-        text = data.decode("utf-8-sig")
+        text = data[skip:].decode()
     except UnicodeDecodeError as e:
-        raise ValidationError(f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
-                              path=shown) from None
+        at = e.start + skip
+        raise ValidationError(f"not UTF-8 text (byte 0x{data[at]:02x} at offset {at})", path=shown) from None
     return parse_workstream(text, shown, project_root=project_root, expected_id=expected_id,
                             environ=environ, on_conflict=on_conflict)
 

@@ -130,7 +130,8 @@ def test_fast_and_click_commands_end_the_same(make_workstream, project, capsys, 
 # signal (~5 ms together), nor threading, functools, collections, operator and heapq (~3 ms: their
 # C halves do) for a workstream that needs no regular expression (`orchestrator.lean`)
 HEAVY = ("click", "inspect", "typing", "dataclasses", "pathlib", "ctypes", "datetime",
-         "json", "re", "enum", "signal", "threading", "functools", "collections", "operator", "heapq")
+         "json", "re", "enum", "signal", "threading", "functools", "collections", "operator", "heapq",
+         "math", "encodings.utf_8_sig")
 
 
 @pytest.mark.parametrize("argv", [["validate", "--ws-id", "ws-test"],

@@ -503,6 +503,13 @@ def test_load_workstream_accepts_a_bom_and_reports_directories(tmp_path):
         load_workstream(tmp_path, project_root=tmp_path)
 
 
+def test_a_bad_byte_after_a_bom_is_named_at_its_offset_in_the_file(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "x\xff"}')
+    with pytest.raises(ValidationError, match=r"byte 0xff at offset 12\)"):
+        load_workstream(path, project_root=tmp_path)
+
+
 # --- schemas ---------------------------------------------------------------------------------------
 
 def test_schema_is_package_data_and_documents_every_property():
