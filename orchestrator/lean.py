@@ -35,6 +35,11 @@ quote_ascii = _json.encode_basestring_ascii
 quote = _json.encode_basestring
 
 _WS = " \t\n\r"
+
+# `string.ascii_lowercase` and friends (`string` imports `re`)
+LOWER = "abcdefghijklmnopqrstuvwxyz"
+UPPER = LOWER.upper()
+DIGITS = "0123456789"
 _CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
 
 

@@ -30,7 +30,8 @@ from .frozen import defaults
 from .interp import interpolate_execution, task_references
 from .model import (PYTHON, SHELL, Execution, FilesScope, OnFailure, Step, StepGroup, Tool,
                     Workstream)
-from .schema import ID_PATTERN, ID_RULE, load_schema, newline_ids, pattern_search, schema_issues
+from .lean import LOWER, UPPER
+from .schema import ID_PATTERN, ID_RULE, is_id, load_schema, newline_ids, schema_issues
 # `loader._validators` stays reachable: a property test holds the fast check to jsonschema.
 from .schema import validators as _validators  # noqa: F401
 
@@ -43,8 +44,7 @@ __all__ = ["ID_PATTERN", "load_by_id", "load_schema", "load_workstream", "parse_
 ON_CONFLICT = ("error", "serialize")
 
 
-_ID_SEARCH = pattern_search(ID_PATTERN)
-_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_LETTERS = frozenset(LOWER + UPPER)
 
 
 def _drive(path: str) -> bool:
@@ -58,7 +58,7 @@ def load_by_id(ws_id: str, workstreams_dir: str | os.PathLike[str], *,
                project_root: str | os.PathLike[str], environ: Mapping[str, str] | None = None,
                on_conflict: str = "error") -> Workstream:
     """Load `<workstreams_dir>/<ws_id>.json`; the id is checked first, so it cannot name a path."""
-    if not isinstance(ws_id, str) or not _ID_SEARCH(ws_id) or ws_id.endswith("\n"):
+    if not isinstance(ws_id, str) or not is_id(ws_id):
         raise ValidationError(f"invalid workstream id {ws_id!r}: {ID_RULE}")
     directory = os.fspath(workstreams_dir)
     path = os.path.join(directory, f"{ws_id}.json")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # jsonschema is imported when a document needs explaining: a 
     import jsonschema
 
 from .document import Issue, did_you_mean, show
-from .lean import Pattern, dumps, loads, memo, once
+from .lean import DIGITS, LOWER, UPPER, Pattern, dumps, loads, memo, once
 from .jsonpos import JPath
 
 __all__ = ["ID_PATTERN", "ID_RULE", "load_schema", "newline_ids", "schema_issues", "validators"]
@@ -34,22 +34,24 @@ ID_RULE = ("use lowercase letters, digits, '.', '_' or '-', starting with a lett
            "at most 128 characters")
 
 
-def _id_search(first: str, rest: str) -> Callable[[str], Any]:
-    """`re.compile("^[<first>][<rest>]{0,127}$").search`, without a regular expression: the check
-    of every step id and dependency of a document (`$` also matches before a final newline)."""
-    first_set, rest_set = frozenset(first), frozenset(rest)
-
-    def search(x: str) -> bool | None:
-        t = x[:-1] if x[-1:] == "\n" else x
-        return True if 0 < len(t) <= 128 and t[0] in first_set and rest_set.issuperset(t) else None
-    return search
+def _id_rule(first: str) -> Callable[[str], bool]:
+    """`re.fullmatch("[<first>][<first>._-]{0,127}", x) is not None`, without a regular expression."""
+    first_set, rest_set = frozenset(first), frozenset(first + "._-")
+    return lambda x: 0 < len(x) <= 128 and x[0] in first_set and rest_set.issuperset(x)
 
 
-_LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
-_MIXED = _LOWER + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+is_id = _id_rule(LOWER + DIGITS)   # ID_PATTERN in full: every step id and dependency of a document
+
+
+def _search(full: Callable[[str], bool]) -> Callable[[str], Any]:
+    """The `search` of `^...$` for the pattern `full` matches (`$` also matches before a final
+    newline, see `newline_ids`)."""
+    return lambda x: True if full(x[:-1] if x[-1:] == "\n" else x) else None
+
+
 _KNOWN_PATTERNS = {
-    ID_PATTERN: lambda: _id_search(_LOWER, _LOWER + "._-"),
-    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$": lambda: _id_search(_MIXED, _MIXED + "._-"),
+    ID_PATTERN: lambda: _search(is_id),
+    r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$": lambda: _search(_id_rule(LOWER + UPPER + DIGITS)),
 }
 
 

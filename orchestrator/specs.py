@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from .frozen import record
-from .lean import Pattern
+from .lean import DIGITS, LOWER, UPPER, Pattern
 from .interp import substitute_task
 from .model import PYTHON, SHELL, StepSpec, Task, Workstream
 
@@ -79,7 +79,7 @@ def build_spec(ctx: RunContext, sid: str, attempt: int, *, outputs: Mapping[str,
 # A command made of plain words only (no quoting, expansion, redirection, globbing, operators or
 # newlines) means the same with or without a shell, so it is exec'd directly, as make does: one exec
 # instead of two. Shell builtins and keywords, assignments and names not found on PATH keep the shell.
-_PLAIN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_./:,+@%=- ")
+_PLAIN_CHARS = frozenset(LOWER + UPPER + DIGITS + "_./:,+@%=- ")
 
 
 def _plain(text: str) -> bool:

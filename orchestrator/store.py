@@ -23,7 +23,7 @@ from _thread import allocate_lock
 from .masking import mask, mask_obj
 from .errors import LockHeldError, RunNotFoundError
 from .fmt import json_encoder
-from .lean import Thread, dumps, loads
+from .lean import DIGITS, Thread, dumps, loads
 from .procs import pid_alive
 
 TYPE_CHECKING = False
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
     from os import PathLike
 
-_HEX = frozenset("0123456789abcdef")
+_HEX = frozenset(DIGITS + "abcdef")
 
 
 def is_run_id(name: str) -> bool:

@@ -95,6 +95,7 @@ ID_ALPHABET = st.text(alphabet="abzAZ09._- \n\t/é", max_size=140)
 def test_id_patterns_answer_as_the_regex(text):
     for pattern in (schema.ID_PATTERN, r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"):
         assert (schema.pattern_search(pattern)(text) is not None) == (re.search(pattern, text) is not None)
+    assert schema.is_id(text) == (re.fullmatch(schema.ID_PATTERN[1:-1], text) is not None)
     assert schema.pattern_search(r"\$\{\s*env\.")("x ${ env.A}") is not None
 
 
