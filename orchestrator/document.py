@@ -10,7 +10,6 @@ line and column. `show` and `did_you_mean` word values and suggestions alike in 
 """
 from __future__ import annotations
 
-
 from .errors import ValidationError
 from .interp import format_json_path
 from .lean import decode_error, dumps, loads

@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 from _collections_abc import Mapping   # collections.abc, without collections
 
-from .lean import Pattern, make_encoder, quote, quote_ascii
+from .lean import Pattern, json_encoder  # noqa: F401 - json_encoder: the renderers' encoder, here as before
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from datetime import datetime
-    from typing import Any, Callable
+    from typing import Any
 
 SYMBOLS: Mapping[str, str] = {
     "succeeded": "✓", "failed": "✗", "timed_out": "⏱", "cancelled": "⏹", "blocked": "⊘",
@@ -103,12 +103,3 @@ def clean(text: Any) -> str:
         return text
     return CONTROL.sub("", ANSI.sub("", str(text))).replace("\r\n", "\n").replace("\r", "\n")
 
-
-def json_encoder(*, default: Callable[[Any], Any], ensure_ascii: bool = True,
-                 separators: tuple[str, str] = (", ", ": "), sort_keys: bool = False) -> Callable[[Any], str]:
-    """`json.JSONEncoder(...).encode`, whose every call builds the C encoder anew (~2.5 us of each
-    line of a summary), with the C encoder built once. No check for circular references: it is
-    given our own records, which have none."""
-    chunks = make_encoder(None, default, quote_ascii if ensure_ascii else quote, None, separators[1],
-                          separators[0], sort_keys, False, True)
-    return lambda obj: "".join(chunks(obj, 0))

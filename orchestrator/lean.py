@@ -8,7 +8,8 @@ pieces under `json` (`_json`: the scanner and the encoder) need none of them, so
 - `loads` reads JSON with `_json`'s scanner, exactly as `json.loads` does; on any error it asks
   `json.loads` itself, so an error is the package's own (`json.JSONDecodeError`, same message and
   position). `decode_error()` is that class, for an `except` clause (evaluated only on an error).
-- `make_encoder`, `quote_ascii` and `quote` are `_json`'s, as `json.encoder` uses them.
+- `json_encoder` builds `_json`'s C encoder once (`json.JSONEncoder(...).encode` builds it at every
+  call), and `dumps` is `json.dumps` on it; `quote_ascii` and `quote` are `_json`'s string quoting.
 - `Pattern` is a regular expression compiled (and `re` imported) on its first use. The hot checks
   of a run (ids, plain cells) are written without one where they are.
 
@@ -30,7 +31,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable
 
-make_encoder = _json.make_encoder
 quote_ascii = _json.encode_basestring_ascii
 quote = _json.encode_basestring
 
@@ -90,14 +90,23 @@ def _fail(obj: Any) -> Any:
     raise TypeError(f"Object of type {obj.__class__.__name__} is not JSON serializable")
 
 
+def json_encoder(*, default: Callable[[Any], Any], ensure_ascii: bool = True,
+                 separators: tuple[str, str] = (", ", ": "), sort_keys: bool = False,
+                 check_circular: bool = False) -> Callable[[Any], str]:
+    """`json.JSONEncoder(...).encode` with the C encoder built once (~2.5 us of each line of a
+    summary). No check for circular references unless asked: our own records have none."""
+    chunks = _json.make_encoder({} if check_circular else None, default,
+                                quote_ascii if ensure_ascii else quote, None, separators[1],
+                                separators[0], sort_keys, False, True)
+    return lambda obj: "".join(chunks(obj, 0))
+
+
 def dumps(obj: Any, *, separators: tuple[str, str] = (", ", ": "),
           default: Callable[[Any], Any] | None = None) -> str:
     """`json.dumps(obj, separators=..., default=...)` (ASCII, no indent)."""
     if type(obj) is str:
         return quote_ascii(obj)
-    chunks = make_encoder({}, default or _fail, quote_ascii, None, separators[1], separators[0],
-                          False, False, True)
-    return "".join(chunks(obj, 0))
+    return json_encoder(default=default or _fail, separators=separators, check_circular=True)(obj)
 
 
 class Pattern:

@@ -18,7 +18,6 @@ Step states (`StepStatus`) and their legal transitions::
 """
 from __future__ import annotations
 
-
 from .fmt import json_encoder
 from .lean import once
 from .frozen import factory, record

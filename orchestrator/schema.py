@@ -84,7 +84,7 @@ def _schema(name: str) -> dict[str, Any]:
     except OSError:  # e.g. imported from a zip
         from importlib import resources
         return loads((resources.files("orchestrator") / "schemas" / file)
-                          .read_text(encoding="utf-8"))
+                     .read_text(encoding="utf-8"))
 
 
 class Validators:
@@ -206,14 +206,14 @@ def _compiler(root: dict[str, Any]) -> Callable[[Any], Callable[[Any], bool]]:
             if item_object is not None:      # the steps: checked a field at a time, in C
                 required, props, extra = item_object
                 return partial(_check_objects, s.get("minItems", 0), required,
-                                         {k: all_of(v) for k, v in props.items()},
-                                         None if extra is None else all_of(extra))
+                               {k: all_of(v) for k, v in props.items()},
+                               None if extra is None else all_of(extra))
             return partial(_check_list, s.get("minItems", 0), comp(items))
         shape = object_rules(s)
         if shape is not None:
             required, props, extra = shape
             return partial(_check_dict, required, {k: comp(v) for k, v in props.items()},
-                                     None if extra is None else comp(extra))
+                           None if extra is None else comp(extra))
         return None
 
     def object_rules(s: Any) -> tuple[tuple[str, ...], dict[str, Any], Any] | None:

@@ -85,6 +85,8 @@ _PLAIN_CHARS = frozenset(LOWER + UPPER + DIGITS + "_./:,+@%=- ")
 def _plain(text: str) -> bool:
     """`[A-Za-z0-9_./:,+@%=-]+(?: +[A-Za-z0-9_./:,+@%=-]+)*` in full, without a regex (`lean`)."""
     return text[:1] not in ("", " ") and text[-1] != " " and _PLAIN_CHARS.issuperset(text)
+
+
 _SH_WORDS = frozenset(
     ". : [ alias bg break case cd command continue do done echo elif else esac eval exec exit export "
     "fc fg fi for getopts hash if in jobs kill local printf pwd read readonly return set shift "
