@@ -160,6 +160,18 @@ class PythonFloor(_BenchScript):
     name, script = "python floor", "floor.py"
 
 
+class PythonFloorRecords(_BenchScript):
+    """bench/floor.py --record: the same loop, leaving the least a run must (output to logs through
+    a pipe, a session per step, log lines, a live state, a summary), kept as plain dicts."""
+    name, script = "python floor + records", "floor.py"
+
+    def run(self, rep):
+        out = self.dir / f"rec-{rep}"
+        shutil.rmtree(out, ignore_errors=True)
+        return measure([sys.executable, str(BENCH_DIR / self.script), "ws.json",
+                        "-j", str(self.wl.workers), "--record", str(out)], self.dir)
+
+
 class Orchestrator(Engine):
     """`orchestrator run FILE -q` in a fresh worktrees dir. `hints`: steps carry estimated_duration.
     `twice`: run twice in the same worktrees dir (the second run has the first one's history); the

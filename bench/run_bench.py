@@ -138,7 +138,8 @@ class Bench:
     def simple(self, name: str, wl: W.Workload, *, goal: float | None = None,
                lower_bound: float | None = None, reps: int | None = None) -> None:
         d = self.workdir(name)
-        engines = [E.Orchestrator(wl, d), *self.peers(wl, d, parallel=True), E.PythonFloor(wl, d)]
+        engines = [E.Orchestrator(wl, d), *self.peers(wl, d, parallel=True), E.PythonFloor(wl, d),
+                   E.PythonFloorRecords(wl, d)]
         res = self.alternate(name, engines, warmup=lower_bound is None, reps=reps)
         make_w = med(s.wall_s for s in res.get("make", []))
         headers = ["engine", "wall s", "min", "max", "× make"]
@@ -165,18 +166,24 @@ class Bench:
         notes.append("*python floor*: `bench/floor.py`, a bare Python ready-queue loop that spawns each "
                      "command as the orchestrator does (`posix_spawn`, exit seen through a pidfd) and "
                      "records nothing: no logs, state, summary or report. What any dispatcher written "
-                     "in Python pays per step before its bookkeeping.")
+                     "in Python pays per step before its bookkeeping. *python floor + records*: the "
+                     "same loop with `--record`: output through a pipe into lazily made logs, a "
+                     "session per step, the ORCHESTRATOR_* variables, START/END log lines, a live "
+                     "state.json and a summary, kept as plain dicts: what the least complete "
+                     "bookkeeping costs.")
         if lower_bound:
             notes.append(f"LB = total work / workers = {lower_bound:.3f} s.")
         self.sections.append(Section(f"{name}", headers, rows, notes))
         orch = med(s.wall_s for s in res["orchestrator"])
         floor = med(s.wall_s for s in res["python floor"])
+        floor_rec = med(s.wall_s for s in res["python floor + records"])
         if goal is not None:
             ratio = orch / make_w if make_w else None
             self.target(Target(f"{name}: orchestrator wall vs make -j{wl.workers}",
                                f"≤ {goal:g}× make", f"{fmt(ratio, 2, '×')} "
                                f"({fmt(orch)} s vs {fmt(make_w)} s; python floor "
-                               f"{fmt(floor / make_w if make_w else None, 2, '×')})",
+                               f"{fmt(floor / make_w if make_w else None, 2, '×')}, with records "
+                               f"{fmt(floor_rec / make_w if make_w else None, 2, '×')})",
                                None if ratio is None else ratio <= goal),
                         res["orchestrator"], res.get("make", []))
 
@@ -416,8 +423,9 @@ METHOD = [
     "dependencies only).",
     "level-barrier: `bench/levelrun.py`, a thread pool of N that runs one topological level at a time "
     "and waits for all of it before the next.",
-    "python floor: `bench/floor.py`, the same spawning as the orchestrator's with no records at all "
-    "(trivial-1000, chain-200 and sleep-wide only).",
+    "python floor: `bench/floor.py`, the same spawning as the orchestrator's with no records at all; "
+    "python floor + records: `bench/floor.py --record DIR`, the least complete records kept as plain "
+    "dicts (both on trivial-1000, chain-200 and sleep-wide only).",
     "Within each repetition the engines run one after the other (A B C A B C ...); cheap workloads and "
     "big-graph get one untimed warm-up run per engine first, and big-graph's 1-step and 10k commands "
     "(the denominators of its growth ratios) run three times a repetition.",
