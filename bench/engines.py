@@ -147,7 +147,11 @@ class _BenchScript(Engine):
 
     def run(self, rep):
         return measure([sys.executable, str(BENCH_DIR / self.script), "ws.json",
-                        "-j", str(self.wl.workers)], self.dir)
+                        "-j", str(self.wl.workers), *self.args(rep)], self.dir)
+
+    def args(self, rep) -> list[str]:
+        """What the script gets beyond the workstream and `-j`."""
+        return []
 
 
 class LevelBarrier(_BenchScript):
@@ -165,11 +169,10 @@ class PythonFloorRecords(_BenchScript):
     a pipe, a session per step, log lines, a live state, a summary), kept as plain dicts."""
     name, script = "python floor + records", "floor.py"
 
-    def run(self, rep):
+    def args(self, rep):
         out = self.dir / f"rec-{rep}"
         shutil.rmtree(out, ignore_errors=True)
-        return measure([sys.executable, str(BENCH_DIR / self.script), "ws.json",
-                        "-j", str(self.wl.workers), "--record", str(out)], self.dir)
+        return ["--record", str(out)]
 
 
 class Orchestrator(Engine):

@@ -161,11 +161,10 @@ def main(path: str, worktrees: str) -> int:
         pidfd = os.pidfd_open(pid)
         poll.register(pidfd, select.POLLIN)
         poll.register(r, select.POLLIN)
-        by_fd[pidfd] = by_fd[r] = child = [i, pid, pidfd, r, False, False, None]
+        by_fd[pidfd] = by_fd[r] = [i, pid, pidfd, r, False, False, None]
         heapq.heappush(deadlines, (time.monotonic() + run.timeout[i], i, pid))
         run.status[i], run.started[i] = "running", time.time()
         run.log(f"STEP START {sid} attempt=1")
-        del child
 
     def ended(child: list) -> None:
         i = child[0]
