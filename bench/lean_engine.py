@@ -27,6 +27,7 @@ T0 = time.time()
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from orchestrator import procs  # noqa: E402
+from orchestrator.analysis import max_concurrency  # noqa: E402
 from orchestrator.attempt import _read_outputs  # noqa: E402
 from orchestrator.fmt import iso  # noqa: E402
 from orchestrator.junit import render_junit  # noqa: E402
@@ -62,6 +63,7 @@ class Run:
                 self.users[pos[d]].append(i)
         self.deps_json = [json.dumps(list(s.depends_on)) for s in steps]
         self.timeout = [s.timeout or ws.execution.timeout_per_step for s in steps]
+        self.workers = ws.execution.max_workers or 2
         # the records: one list per field
         self.status = ["pending"] * n
         self.started: list[float | None] = [None] * n
@@ -123,13 +125,16 @@ class Run:
                 "acceptance_tests": [], "peak_rss_bytes": None, "cpu_time_s": self.cpu[i],
                 "worker": "local", "kept_from_earlier_session": False})
         ok = self.status.count("succeeded")
+        wall = finished - T0
+        sequential = sum(s["duration_s"] or 0.0 for s in steps)
         totals = {"succeeded": ok, "failed": self.n - ok, "total": self.n,
-                  "wall_time_s": round(finished - T0, 4), "sequential_time_s": 0.0, "speedup": 0.0,
+                  "wall_time_s": round(wall, 4), "sequential_time_s": round(sequential, 4),
+                  "speedup": round(sequential / wall, 3) if wall > 0 else 0.0,
                   "success_rate": ok / self.n if self.n else 0.0,
-                  "max_concurrency": self.ws.execution.max_workers or 2}
+                  "max_concurrency": max_concurrency(steps)}
         return {"schema_version": 1, "workstream_id": self.ws.id, "run_id": "r1", "title": self.ws.title,
                 "status": "succeeded" if ok == self.n else "failed", "started_at": iso(T0),
-                "finished_at": iso(finished), "execution": {"max_workers": totals["max_concurrency"]},
+                "finished_at": iso(finished), "execution": {"max_workers": self.workers},
                 "steps": steps, "summary": totals}
 
 
@@ -137,7 +142,6 @@ def main(path: str, worktrees: str) -> int:
     run = Run(path, worktrees)
     procs.become_subreaper()
     guardian = procs.start_guardian("lean-engine")
-    workers = run.ws.execution.max_workers or 2
     ready = [(0, i) for i in range(run.n) if not run.unmet[i]]
     heapq.heapify(ready)
     poll = select.poll()
@@ -191,7 +195,7 @@ def main(path: str, worktrees: str) -> int:
                 f"duration={run.finished[i] - run.started[i]:.3f}s{detail}")
 
     while ready or running:
-        while ready and running < workers:
+        while ready and running < run.workers:
             spawn(heapq.heappop(ready)[1])
             running += 1
             dirty = True

@@ -175,15 +175,18 @@ class Bench:
             notes.append(f"LB = total work / workers = {lower_bound:.3f} s.")
         self.sections.append(Section(f"{name}", headers, rows, notes))
         orch = med(s.wall_s for s in res["orchestrator"])
-        floor = med(s.wall_s for s in res["python floor"])
-        floor_rec = med(s.wall_s for s in res["python floor + records"])
         if goal is not None:
             ratio = orch / make_w if make_w else None
+
+            def vs_make(engine: str) -> str:
+                w = med(s.wall_s for s in res[engine])
+                return fmt(w / make_w if make_w else None, 2, "×")
+
             self.target(Target(f"{name}: orchestrator wall vs make -j{wl.workers}",
                                f"≤ {goal:g}× make", f"{fmt(ratio, 2, '×')} "
                                f"({fmt(orch)} s vs {fmt(make_w)} s; python floor "
-                               f"{fmt(floor / make_w if make_w else None, 2, '×')}, with records "
-                               f"{fmt(floor_rec / make_w if make_w else None, 2, '×')})",
+                               f"{vs_make('python floor')}, with records "
+                               f"{vs_make('python floor + records')})",
                                None if ratio is None else ratio <= goal),
                         res["orchestrator"], res.get("make", []))
 
