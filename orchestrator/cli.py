@@ -164,9 +164,10 @@ def graph(file, ws_id, workstreams_dir, fmt, output) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The whole command line through click (`entry.main` comes here for what it does not parse
     itself): the process ends here. Tests drive `cli` instead."""
-    from .entry import exit_now
+    from . import entry
+    entry.KEEP_TO_EXIT = []
     try:
         cli.main(args=argv, prog_name="orchestrator")
     except SystemExit as e:
-        exit_now(e.code)
+        entry.exit_now(e.code)
         raise

@@ -10,6 +10,7 @@ import gc
 import os
 import sys
 
+from .entry import kept
 from .errors import UsageError
 from .model import OnFailure, Workstream
 
@@ -57,7 +58,7 @@ def load(file: str | None, ws_id: str | None, workstreams_dir: str | None, *,
     # the workstream lives as long as the process: keep the collector from rescanning it (with
     # 100 000 steps, full collections cost more than the scheduling itself)
     gc.freeze()
-    return ws
+    return kept(ws)
 
 
 def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_failure, on_conflict,
@@ -87,7 +88,7 @@ def run(file, ws_id, workstreams_dir, max_workers, sequential, fail_fast, on_fai
                       resume=resume, force=force, executor=chosen_executor,
                       scheduler_address=scheduler or ws.execution.scheduler_address)
     reporter = make_reporter(quiet=quiet, verbose=verbose, stream=sys.stderr)
-    return Dispatcher(ws, opts, pool_factory=pool_factory, reporter=reporter).run().exit_code
+    return kept(Dispatcher(ws, opts, pool_factory=pool_factory, reporter=reporter)).run().exit_code
 
 
 def plan_text(ws: Workstream, max_workers: int | None, on_conflict: str,
@@ -99,8 +100,8 @@ def plan_text(ws: Workstream, max_workers: int | None, on_conflict: str,
     serialize = ([(c.step_a, c.step_b) for c in scopes.scope_conflicts(ws)]
                  if on_conflict == "serialize" else [])
     past = RunStore(worktrees(worktrees_dir), ws.id).read_history()
-    return render_plan(build_plan(ws, workers=max_workers or ws.execution.effective_workers,
-                                  history=past, serialize=serialize))
+    return render_plan(kept(build_plan(ws, workers=max_workers or ws.execution.effective_workers,
+                                       history=past, serialize=serialize)))
 
 
 def validate(file, ws_id, workstreams_dir, on_conflict) -> int:
