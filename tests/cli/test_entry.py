@@ -125,6 +125,21 @@ def test_fast_and_click_commands_end_the_same(make_workstream, project, capsys, 
     assert ("error: " in out.err) == ("error: " in slow.stderr)
 
 
+def test_only_the_process_entry_keeps_what_a_command_built(make_workstream, project, monkeypatch,
+                                                           capsys):
+    """`entry.main` ends the process with os._exit, so what the command built is kept for it rather
+    than freed object by object; any other caller (a test, a library user) keeps nothing."""
+    make_workstream([{"id": "a", "tasks": ["true"]}])
+    assert entry.KEEP_TO_EXIT is None
+    assert entry.run_fast(["run", "--ws-id", "ws-test", "--dry-run"]) == 0
+    assert entry.KEEP_TO_EXIT is None
+    kept: list = []
+    monkeypatch.setattr(entry, "KEEP_TO_EXIT", kept)
+    assert entry.run_fast(["run", "--ws-id", "ws-test", "--dry-run"]) == 0
+    assert [type(o).__name__ for o in kept] == ["Workstream", "dict"]   # the plan
+    capsys.readouterr()
+
+
 # what `run` and `validate` must not import: click and what it brings (~15 ms), dataclasses, and
 # pathlib (~8 ms with the urllib.parse, ipaddress and fnmatch it imports); nor json, re, enum and
 # signal (~5 ms together), nor threading, functools, collections, operator and heapq (~3 ms: their
