@@ -164,10 +164,10 @@ def graph(file, ws_id, workstreams_dir, fmt, output) -> None:
 def main(argv: list[str] | None = None) -> None:
     """The whole command line through click (`entry.main` comes here for what it does not parse
     itself): the process ends here. Tests drive `cli` instead."""
-    from . import entry
-    entry.KEEP_TO_EXIT = []
+    from .entry import exit_now, keep_to_exit
+    keep_to_exit()
     try:
         cli.main(args=argv, prog_name="orchestrator")
     except SystemExit as e:
-        entry.exit_now(e.code)
+        exit_now(e.code)
         raise

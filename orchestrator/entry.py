@@ -55,6 +55,12 @@ def kept(obj: Any) -> Any:
     return obj
 
 
+def keep_to_exit() -> None:
+    """The command about to run is the process's last act (it ends with `exit_now`)."""
+    global KEEP_TO_EXIT
+    KEEP_TO_EXIT = []
+
+
 class _Unsure(Exception):
     """An argument this parser does not read exactly as click would: click parses the command."""
 
@@ -131,8 +137,7 @@ def _tokens(args: list[str], table: dict[str, tuple[str, Any]]) -> dict[str, tup
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry (also `python -m orchestrator` and the scripts/ wrappers): the process
     ends here. Tests drive `cli.cli` or `run_fast` instead."""
-    global KEEP_TO_EXIT
-    KEEP_TO_EXIT = []
+    keep_to_exit()
     args = sys.argv[1:] if argv is None else list(argv)
     code = run_fast(args)
     if code is None:
