@@ -55,8 +55,10 @@ except ImportError:  # pragma: no cover - the dask extra is not installed
 CONNECT_TIMEOUT = 15        # seconds to reach a remote scheduler
 CLOSE_TIMEOUT = 10          # seconds to close the client (and a cluster of our own)
 # Worker processes of a cluster we start ignore the terminal's Ctrl-C, as local pool workers do: the
-# dispatcher alone decides what an interrupt means (a preload runs again in a restarted worker).
-_IGNORE_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+# dispatcher alone decides what an interrupt means (a preload runs again in a restarted worker). What
+# the worker's steps start with is read first (procs.step_signals): their SIGINT is not ignored.
+_IGNORE_SIGINT = ("import signal\ntry:\n    from orchestrator import procs\n    procs.step_signals()\n"
+                  "except ImportError:\n    pass\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n")
 
 log = logging.getLogger(__name__)
 

@@ -494,15 +494,12 @@ class InlinePool:
 
     # --- for the attempts ---------------------------------------------------------------------------
     def spawn(self, argv: tuple[str, ...], env: dict[str, str], wfd: int, cwd: str) -> int:
-        """argv as the leader of a new session, stdout+stderr to `wfd`, stdin from /dev/null, in
-        `cwd` (posix_spawn has no cwd of its own: the loop steps there and back)."""
-        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                   (os.POSIX_SPAWN_DUP2, wfd, 1), (os.POSIX_SPAWN_DUP2, wfd, 2)]
+        """`procs.spawn` in `cwd` (posix_spawn has no cwd of its own: the loop steps there and back)."""
         if cwd == self._cwd:
-            return os.posix_spawnp(argv[0], list(argv), env, file_actions=actions, setsid=True)
+            return procs.spawn(argv, env, wfd)
         os.chdir(cwd)
         try:
-            return os.posix_spawnp(argv[0], list(argv), env, file_actions=actions, setsid=True)
+            return procs.spawn(argv, env, wfd)
         finally:
             os.chdir(self._cwd)
 

@@ -55,6 +55,7 @@ def init_worker(progress_fd: int | None = None, probe: Callable | None = None,
     _announce_start = announce_start
     _cancel_probe = probe
     _initial_ppid = os.getppid()
+    procs.step_signals()   # what its steps start with: before SIGINT is ignored here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     procs.become_subreaper()
@@ -183,17 +184,11 @@ def _run_child(task: Task, spec: StepSpec, env: dict[str, str], deadline: float,
 
 
 def _spawn(argv: tuple[str, ...], env: dict[str, str], wfd: int) -> int:
-    """Start argv as the leader of a new session, stdout+stderr to `wfd`, stdin from /dev/null.
-
-    posix_spawn (vfork-like in glibc) is several times cheaper than subprocess.Popen; every other
-    descriptor of ours is close-on-exec (PEP 446), so the child inherits only these three. The
-    worker has already chdir'ed to the step's cwd.
-    """
+    """`procs.spawn` with the step's environment over ours; the worker has already chdir'ed to the
+    step's cwd."""
     full_env = base_env()
     full_env.update(env)
-    actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-               (os.POSIX_SPAWN_DUP2, wfd, 1), (os.POSIX_SPAWN_DUP2, wfd, 2)]
-    return os.posix_spawnp(argv[0], list(argv), full_env, file_actions=actions, setsid=True)
+    return procs.spawn(argv, full_env, wfd)
 
 
 def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSink,

@@ -345,11 +345,15 @@ def test_an_own_local_cluster_runs_steps_and_fails_the_step_of_a_killed_worker(p
     path = make_workstream([
         {"id": "victim", "tasks": [f"echo $$ > victim.pid.tmp && mv victim.pid.tmp victim.pid; "
                                    f"exec {sleeper(60, marker)}"]},
-        {"id": "fine", "tasks": ["echo fine"]},
+        {"id": "fine", "tasks": ["echo fine", "cat /proc/self/status > status.out"]},
         {"id": "after", "tasks": ["echo after"], "depends_on": ["fine"]},
     ], execution={"max_workers": 2})
 
     outcome, summary = run_killing_the_victims_worker(project, lambda: run_dask(path, None, grace=1.0))
+    # the cluster's workers ignore Ctrl-C (the dispatcher decides what it means); their steps do not
+    status = (project / "status.out").read_text()
+    ignored = int(next(x for x in status.splitlines() if x.startswith("SigIgn:")).split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1) | 1 << (signal.SIGPIPE - 1)), status
 
     by = steps_by_id(summary)
     assert by["fine"]["status"] == by["after"]["status"] == "succeeded"

@@ -88,6 +88,47 @@ def test_plain_commands_and_shell_syntax_both_run(pool, make_workstream, run_wor
     assert (project / "shell.out").read_text() == "shell\n/\n"
 
 
+def _ignored(status: str) -> set[int]:
+    """The signals a /proc/<pid>/status text says are ignored."""
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return {s for s in range(1, 65) if mask >> (s - 1) & 1}
+
+
+def test_a_step_starts_with_the_signals_a_shell_gives_it(pool, make_workstream, run_workstream, project):
+    """Python ignores SIGPIPE and SIGXFSZ, and a pool worker ignores SIGINT; a step inherits none of
+    that: `yes | head -1` ends quietly, as it does from a shell, instead of "yes: ... Broken pipe"."""
+    import signal
+
+    path = make_workstream([
+        {"id": "status", "tasks": ["cat /proc/self/status > status.out"]},
+        {"id": "pipe", "tasks": ["yes | head -1"]},
+    ], execution={"max_workers": 2})
+    outcome, summary = run_workstream(path)
+    assert {s["status"] for s in summary["steps"]} == {"succeeded"}
+    ignored = _ignored((project / "status.out").read_text())
+    assert not ignored & {signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    log = (Path(outcome.run_dir) / "steps" / "pipe.log").read_text()
+    assert "--- task 1/1: yes | head -1\ny\n" in log and "Broken pipe" not in log
+
+
+def test_a_signal_ignored_when_the_run_started_stays_ignored_in_its_steps(make_workstream, project):
+    """As `nohup make` leaves its jobs immune to SIGHUP: what the orchestrator was started with
+    ignored, its steps are too (a real process, started with SIGHUP ignored)."""
+    import signal
+    import subprocess
+    import sys
+
+    path = make_workstream([{"id": "status", "tasks": ["cat /proc/self/status > status.out"]}])
+    start = ("import os, signal, sys; signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+             "os.execv(sys.executable, [sys.executable, '-m', 'orchestrator', 'run', sys.argv[1], '-q'])")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", start, str(path)], cwd=project, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    ignored = _ignored((project / "status.out").read_text())
+    assert signal.SIGHUP in ignored and not ignored & {signal.SIGPIPE, signal.SIGINT}
+
+
 @pytest.mark.parametrize("kind", POOLS)
 def test_without_pidfds_steps_still_run_and_are_recorded(kind, monkeypatch, make_workstream,
                                                           run_workstream, project):
