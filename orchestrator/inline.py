@@ -349,6 +349,7 @@ class InlinePool:
         self._py = None                     # a LocalPool, for `python` steps, made on first use
         self._killers: list[Thread] = []
         self._cwd = os.getcwd()
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)   # every step's stdin
         self.hwm = own_hwm()
         self.broken = False
         self.guardian = procs.start_guardian(run_id) if run_id else None
@@ -478,6 +479,9 @@ class InlinePool:
         self._close_reaped()
         self._drop_spares()
         self.prepared.clear()
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
         for t in self._killers:
             t.join()
         if self._py is not None:
@@ -496,10 +500,10 @@ class InlinePool:
     def spawn(self, argv: tuple[str, ...], env: dict[str, str], wfd: int, cwd: str) -> int:
         """`procs.spawn` in `cwd` (posix_spawn has no cwd of its own: the loop steps there and back)."""
         if cwd == self._cwd:
-            return procs.spawn(argv, env, wfd)
+            return procs.spawn(argv, env, wfd, self._devnull)
         os.chdir(cwd)
         try:
-            return procs.spawn(argv, env, wfd)
+            return procs.spawn(argv, env, wfd, self._devnull)
         finally:
             os.chdir(self._cwd)
 

@@ -188,7 +188,11 @@ def _spawn(argv: tuple[str, ...], env: dict[str, str], wfd: int) -> int:
     step's cwd."""
     full_env = base_env()
     full_env.update(env)
-    return procs.spawn(argv, full_env, wfd)
+    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return procs.spawn(argv, full_env, wfd, stdin)
+    finally:
+        os.close(stdin)
 
 
 def _supervise(pid: int, rfd: int, spec: StepSpec, deadline: float, sink: LogSink,

@@ -96,17 +96,20 @@ def _ignored(status: str) -> set[int]:
 
 def test_a_step_starts_with_the_signals_a_shell_gives_it(pool, make_workstream, run_workstream, project):
     """Python ignores SIGPIPE and SIGXFSZ, and a pool worker ignores SIGINT; a step inherits none of
-    that: `yes | head -1` ends quietly, as it does from a shell, instead of "yes: ... Broken pipe"."""
+    that: `yes | head -1` ends quietly, as it does from a shell, instead of "yes: ... Broken pipe".
+    Its stdin is /dev/null."""
     import signal
 
     path = make_workstream([
-        {"id": "status", "tasks": ["cat /proc/self/status > status.out"]},
+        {"id": "status", "tasks": ["cat /proc/self/status > status.out", "readlink /proc/self/fd/0 > stdin.out",
+                                   "cat > read.out"]},
         {"id": "pipe", "tasks": ["yes | head -1"]},
     ], execution={"max_workers": 2})
     outcome, summary = run_workstream(path)
     assert {s["status"] for s in summary["steps"]} == {"succeeded"}
     ignored = _ignored((project / "status.out").read_text())
     assert not ignored & {signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    assert (project / "stdin.out").read_text() == "/dev/null\n" and (project / "read.out").read_text() == ""
     log = (Path(outcome.run_dir) / "steps" / "pipe.log").read_text()
     assert "--- task 1/1: yes | head -1\ny\n" in log and "Broken pipe" not in log
 
