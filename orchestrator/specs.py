@@ -3,8 +3,8 @@
 A spec is everything one attempt needs and nothing else: the task argv (shell tasks through
 `/bin/sh -c`; a named tool's command template filled in one pass, so braces inside a task are never
 expanded; `python` steps as a callable with the outputs of their dependencies as `inputs`), the
-acceptance tests, the environment (`ORCHESTRATOR_*`, the tool's and the step's `env`), the working
-directory, the deadline and the run's paths. `${steps.<id>.outputs.<key>}`, `${workstream.id}`,
+acceptance tests, the environment (`ORCHESTRATOR_*`, the tool's and the step's `env`, `PWD`), the
+working directory, the deadline and the run's paths. `${steps.<id>.outputs.<key>}`, `${workstream.id}`,
 `${run.id}` and `${run.dir}` are substituted here; a missing output raises `InterpolationError`.
 """
 from __future__ import annotations
@@ -68,6 +68,9 @@ def build_spec(ctx: RunContext, sid: str, attempt: int, *, outputs: Mapping[str,
                ORCHESTRATOR_ATTEMPT=str(attempt), ORCHESTRATOR_RUN_DIR=ctx.run_dir)
     root = os.fspath(ctx.project_root)
     cwd = os.path.realpath(os.path.join(root, step.cwd)) if step.cwd else root
+    # what a shell would have set: a plain command is exec'd without one (shell_argv), and would
+    # otherwise see the directory the orchestrator was started in
+    env.setdefault("PWD", cwd)
     return StepSpec(ws_id=ws.id, run_id=ctx.run_id, step_id=sid, attempt=attempt,
                     tasks=tuple(tasks), acceptance_tests=tests, env=env, cwd=cwd,
                     project_root=root, timeout=timeout, timeout_reason=timeout_reason,

@@ -114,6 +114,26 @@ def test_a_step_starts_with_the_signals_a_shell_gives_it(pool, make_workstream, 
     assert "--- task 1/1: yes | head -1\ny\n" in log and "Broken pipe" not in log
 
 
+def test_a_step_sees_its_own_directory_in_pwd(pool, make_workstream, run_workstream, project):
+    """`printenv PWD` is exec'd without a shell (which would set PWD): the step's environment says
+    where it runs, not where the orchestrator was started. A PWD the step sets itself is kept."""
+    (project / "sub").mkdir()
+    path = make_workstream([
+        {"id": "root", "tasks": ["printenv PWD"]},
+        {"id": "sub", "cwd": "sub", "tasks": ["printenv PWD"]},
+        {"id": "own", "env": {"PWD": "/somewhere"}, "tasks": ["printenv PWD"]},
+    ], execution={"max_workers": 2})
+    outcome, summary = run_workstream(path)
+    assert {s["status"] for s in summary["steps"]} == {"succeeded"}
+    steps = Path(outcome.run_dir) / "steps"
+
+    def seen(sid: str) -> str:
+        return (steps / f"{sid}.log").read_text().split("--- task 1/1: printenv PWD\n")[1].splitlines()[0]
+
+    assert os.path.samefile(seen("root"), project) and os.path.samefile(seen("sub"), project / "sub")
+    assert seen("own") == "/somewhere"
+
+
 def test_a_signal_ignored_when_the_run_started_stays_ignored_in_its_steps(make_workstream, project):
     """As `nohup make` leaves its jobs immune to SIGHUP: what the orchestrator was started with
     ignored, its steps are too (a real process, started with SIGHUP ignored)."""
