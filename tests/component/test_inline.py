@@ -101,8 +101,8 @@ def test_a_step_starts_with_the_signals_a_shell_gives_it(pool, make_workstream, 
     import signal
 
     path = make_workstream([
-        {"id": "status", "tasks": ["cat /proc/self/status > status.out", "readlink /proc/self/fd/0 > stdin.out",
-                                   "cat > read.out"]},
+        {"id": "status", "tasks": ["cat /proc/self/status > status.out",
+                                   "readlink /proc/self/fd/0 > stdin.out", "cat > read.out"]},
         {"id": "pipe", "tasks": ["yes | head -1"]},
     ], execution={"max_workers": 2})
     outcome, summary = run_workstream(path)
