@@ -195,6 +195,13 @@ def _describe(ran: Ran) -> str:
     if ran.rc is not None and ran.rc < 0:
         name = signal_name(-ran.rc)
         return f"killed by signal {-ran.rc} ({name})" if name else f"killed by signal {-ran.rc}"
+    if ran.rc is not None and 128 < ran.rc <= 128 + 64:
+        # a shell (or a script) reports a command that a signal killed as 128 + the signal: 137 is
+        # SIGKILL, often the OOM killer; 139 a segfault
+        name = signal_name(ran.rc - 128)
+        if name:
+            return (f"exit code {ran.rc} (128 + {ran.rc - 128}: how a shell reports a command killed "
+                    f"by {name})")
     return f"exit code {ran.rc}"
 
 

@@ -114,6 +114,26 @@ def test_a_step_starts_with_the_signals_a_shell_gives_it(pool, make_workstream, 
     assert "--- task 1/1: yes | head -1\ny\n" in log and "Broken pipe" not in log
 
 
+def test_a_step_killed_by_a_signal_says_which(pool, make_workstream, run_workstream, project):
+    """Killed directly, the step says by which signal; through a shell, which reports 128 + the
+    signal as its exit code, the error says what that code means."""
+    (project / "segv.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    py = "python3"   # found on PATH: a plain command, exec'd without a shell
+    path = make_workstream([
+        {"id": "direct", "tasks": [f"{py} segv.py"]},
+        {"id": "shell", "tasks": [f"{py} segv.py; exit $?"]},
+        {"id": "plain", "tasks": ["exit 200"]},
+    ], execution={"max_workers": 2})
+    outcome, summary = run_workstream(path)
+    by = steps_by_id(summary)
+    assert by["direct"]["exit_code"] == -11
+    assert by["direct"]["error"] == f"killed by signal 11 (SIGSEGV) in task 1: `{py} segv.py`"
+    assert by["shell"]["exit_code"] == 139
+    assert by["shell"]["error"].startswith(
+        "exit code 139 (128 + 11: how a shell reports a command killed by SIGSEGV) in task 1")
+    assert by["plain"]["error"] == "exit code 200 in task 1: `exit 200`"
+
+
 def test_a_step_sees_its_own_directory_in_pwd(pool, make_workstream, run_workstream, project):
     """`printenv PWD` is exec'd without a shell (which would set PWD): the step's environment says
     where it runs, not where the orchestrator was started. A PWD the step sets itself is kept."""
