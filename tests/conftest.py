@@ -62,6 +62,12 @@ def steps_by_id(summary):
     return {s["id"]: s for s in summary["steps"]}
 
 
+def ignored_signals(status: str) -> set[int]:
+    """The signals a /proc/<pid>/status text says are ignored (its SigIgn mask)."""
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
+    return {s for s in range(1, 65) if mask >> (s - 1) & 1}
+
+
 def stray_processes(marker: str) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline", "status"]):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import steps_by_id
+from conftest import ignored_signals, steps_by_id
 
 POOLS = ["inline", "workers"]
 
@@ -88,12 +88,6 @@ def test_plain_commands_and_shell_syntax_both_run(pool, make_workstream, run_wor
     assert (project / "shell.out").read_text() == "shell\n/\n"
 
 
-def _ignored(status: str) -> set[int]:
-    """The signals a /proc/<pid>/status text says are ignored."""
-    mask = int(next(line for line in status.splitlines() if line.startswith("SigIgn:")).split()[1], 16)
-    return {s for s in range(1, 65) if mask >> (s - 1) & 1}
-
-
 def test_a_step_starts_with_the_signals_a_shell_gives_it(pool, make_workstream, run_workstream, project):
     """Python ignores SIGPIPE and SIGXFSZ, and a pool worker ignores SIGINT; a step inherits none of
     that: `yes | head -1` ends quietly, as it does from a shell, instead of "yes: ... Broken pipe".
@@ -107,7 +101,7 @@ def test_a_step_starts_with_the_signals_a_shell_gives_it(pool, make_workstream, 
     ], execution={"max_workers": 2})
     outcome, summary = run_workstream(path)
     assert {s["status"] for s in summary["steps"]} == {"succeeded"}
-    ignored = _ignored((project / "status.out").read_text())
+    ignored = ignored_signals((project / "status.out").read_text())
     assert not ignored & {signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     assert (project / "stdin.out").read_text() == "/dev/null\n" and (project / "read.out").read_text() == ""
     log = (Path(outcome.run_dir) / "steps" / "pipe.log").read_text()
@@ -168,7 +162,7 @@ def test_a_signal_ignored_when_the_run_started_stays_ignored_in_its_steps(make_w
     done = subprocess.run([sys.executable, "-c", start, str(path)], cwd=project, env=env,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    ignored = _ignored((project / "status.out").read_text())
+    ignored = ignored_signals((project / "status.out").read_text())
     assert signal.SIGHUP in ignored and not ignored & {signal.SIGPIPE, signal.SIGINT}
 
 
