@@ -49,6 +49,34 @@ def _find_prctl():
         return ctypes.CDLL(None).prctl
 
 
+# Linux places a new child by how busy its tracked load says each CPU is. After a long burst of CPU
+# (loading and checking a workstream of thousands of steps) the loop's own utilisation reads
+# saturated, so the kernel puts each step it spawns on the other CPU, behind the step running there,
+# while the loop's CPU idles; and the run stays in that pattern to its end: spawns block ~0.7 ms
+# instead of ~0.2 ms (bench/NOTES.md, session 16: 10 000 `true` 11.1 -> 10.2 s with a rest first).
+# Resting until the tracked utilisation has decayed puts the run in the other pattern.
+SETTLE_MIN_STEPS = 2000    # shorter runs: a rest would cost more than the pattern it avoids
+SETTLE_FROM = 700          # se.avg.util_avg (of 1024) at or above which the loop rests
+SETTLE_TO = 400            # ... until it has decayed to about this
+PELT_HALF_LIFE = 0.032     # seconds: the kernel's load tracking halves a stopped task's utilisation
+
+
+def settle_time(sched_file: str = "/proc/thread-self/sched") -> float:
+    """Seconds the calling thread should rest before it spawns a run's steps: 0 unless the kernel's
+    tracked utilisation of it is saturated, or where the kernel does not show it."""
+    try:
+        with open(sched_file, "rb") as f:
+            text = f.read()
+        start = text.index(b"se.avg.util_avg")
+        util = int(text[text.index(b":", start) + 1:text.index(b"\n", start)])
+    except (OSError, ValueError):
+        return 0.0
+    if util < SETTLE_FROM:
+        return 0.0
+    from math import log2
+    return PELT_HALF_LIFE * log2(util / SETTLE_TO)
+
+
 def become_subreaper() -> bool:
     """Orphaned descendants re-parent to this process instead of init."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)

@@ -379,3 +379,51 @@ def test_the_guardian_is_gone_when_the_run_returns(ending, monkeypatch, make_wor
     assert set(procs.own_children()) - before == set()
     with pytest.raises(ChildProcessError):   # reaped: not even a zombie waits for us
         os.waitpid(started[0], os.WNOHANG)
+
+
+_SCHED = ("se.exec_start                                :      12.345\n"
+          "se.avg.util_avg                              :      {util}\n"
+          "se.avg.util_est                              :       0\n")   # as /proc/thread-self/sched
+
+
+@pytest.mark.parametrize("util, rest", [(1023, 0.032 * 1.3547), (700, 0.032 * 0.8074), (699, 0.0), (0, 0.0)])
+def test_the_loop_rests_before_spawning_only_when_its_cpu_reads_saturated(util, rest, tmp_path):
+    from orchestrator import procs
+    sched = tmp_path / "sched"
+    sched.write_text(_SCHED.format(util=util))
+    assert procs.settle_time(str(sched)) == pytest.approx(rest, abs=1e-4)
+
+
+@pytest.mark.parametrize("text", [None, "", "se.avg.util_avg : many\n"])
+def test_no_rest_where_the_kernel_does_not_show_its_load_tracking(text, tmp_path):
+    from orchestrator import procs
+    sched = tmp_path / "sched"
+    if text is not None:
+        sched.write_text(text)
+    assert procs.settle_time(str(sched)) == 0.0
+
+
+@pytest.mark.parametrize("pool_kind, steps, rests", [("inline", 3, True), ("inline", 2, False),
+                                                     ("workers", 3, False)])
+def test_a_long_run_on_the_inline_pool_rests_once_before_its_first_spawn(pool_kind, steps, rests, monkeypatch,
+                                                                       make_workstream, run_workstream):
+    """procs.settle_time: the rest comes after the pool is made and before any step starts."""
+    from orchestrator import dispatcher, procs
+    monkeypatch.setenv("ORCHESTRATOR_POOL", pool_kind)
+    monkeypatch.setattr(procs, "SETTLE_MIN_STEPS", 3)
+    monkeypatch.setattr(procs, "settle_time", lambda: 0.001)
+    events = []
+    real_sleep, real_submit = dispatcher.time.sleep, dispatcher.Dispatcher._submit
+    monkeypatch.setattr(dispatcher.time, "sleep", lambda s: (events.append(("rest", s)), real_sleep(s)))
+    def submit(self, sid, *a, **k):
+        events.append(("start", sid))
+        return real_submit(self, sid, *a, **k)
+    monkeypatch.setattr(dispatcher.Dispatcher, "_submit", submit)
+    path = make_workstream([{"id": f"s{i}", "tasks": ["true"]} for i in range(steps)])
+    outcome, summary = run_workstream(path)
+    assert [s["status"] for s in summary["steps"]] == ["succeeded"] * steps
+    rest = [e for e in events if e[0] == "rest"]
+    if rests:
+        assert rest == [("rest", 0.001)] and events[0] == ("rest", 0.001)
+    else:
+        assert rest == []
