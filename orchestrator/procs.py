@@ -53,7 +53,7 @@ def _find_prctl():
 # (loading and checking a workstream of thousands of steps) the loop's own utilisation reads
 # saturated, so the kernel puts each step it spawns on the other CPU, behind the step running there,
 # while the loop's CPU idles; and the run stays in that pattern to its end: spawns block ~0.7 ms
-# instead of ~0.2 ms (bench/NOTES.md, session 16: 10 000 `true` 11.1 -> 10.2 s with a rest first).
+# instead of ~0.2 ms (bench/NOTES.md, session 16: 10 000 `true` 11.1 -> 10.1 s with a rest first).
 # Resting until the tracked utilisation has decayed puts the run in the other pattern.
 SETTLE_MIN_STEPS = 2000    # shorter runs: a rest would cost more than the pattern it avoids
 SETTLE_FROM = 700          # se.avg.util_avg (of 1024) at or above which the loop rests
