@@ -63,7 +63,7 @@ PELT_HALF_LIFE = 0.032     # seconds: the kernel's load tracking halves a stoppe
 
 def settle_time(sched_file: str = "/proc/thread-self/sched") -> float:
     """Seconds the calling thread should rest before it spawns a run's steps: 0 unless the kernel's
-    tracked utilisation of it is saturated, or where the kernel does not show it."""
+    tracked utilisation of it is at SETTLE_FROM or above, or where the kernel does not show it."""
     try:
         with open(sched_file, "rb") as f:
             text = f.read()
