@@ -215,10 +215,8 @@ class Dispatcher:
         # to us, not to init, so that we can end it
         procs.become_subreaper()
         self.pool = self.pool_factory(self.workers, prog_w, self)
-        if getattr(self.pool, "spawns_here", False) and len(self.ws.steps) >= procs.SETTLE_MIN_STEPS:
-            rest = procs.settle_time()   # after a long start-up: see procs.SETTLE_MIN_STEPS
-            if rest:
-                time.sleep(rest)
+        if getattr(self.pool, "spawns_here", False):
+            procs.settle_before_spawning(len(self.ws.steps))
         run_deadline = self.t0 + self.ws.execution.run_timeout if self.ws.execution.run_timeout else None
         partial = b""
         idle = True

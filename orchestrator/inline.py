@@ -339,7 +339,7 @@ class InlinePool:
     `WorkerPool`. The same face as `pool.LocalPool`."""
 
     name = "process"
-    spawns_here = True   # steps are spawned by this process's loop (see procs.settle_time)
+    spawns_here = True   # steps are spawned by this process's loop (see procs.settle_before_spawning)
 
     def __init__(self, workers: int, progress_fd: int | None, run_id: str = ""):
         self.workers = workers

@@ -77,6 +77,14 @@ def settle_time(sched_file: str = "/proc/thread-self/sched") -> float:
     return PELT_HALF_LIFE * log2(util / SETTLE_TO)
 
 
+def settle_before_spawning(steps: int) -> None:
+    """Rest (`settle_time`) before the first spawn of a run of `steps` that this thread spawns itself."""
+    if steps >= SETTLE_MIN_STEPS:
+        rest = settle_time()
+        if rest:
+            time.sleep(rest)
+
+
 def become_subreaper() -> bool:
     """Orphaned descendants re-parent to this process instead of init."""
     return _prctl(PR_SET_CHILD_SUBREAPER, 1)

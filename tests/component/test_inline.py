@@ -407,14 +407,14 @@ def test_no_rest_where_the_kernel_does_not_show_its_load_tracking(text, tmp_path
                                                      ("workers", 3, False)])
 def test_a_long_run_on_the_inline_pool_rests_once_before_its_first_spawn(pool_kind, steps, rests, monkeypatch,
                                                                        make_workstream, run_workstream):
-    """procs.settle_time: the rest comes after the pool is made and before any step starts."""
+    """procs.settle_before_spawning: the rest comes after the pool is made and before any step starts."""
     from orchestrator import dispatcher, procs
     monkeypatch.setenv("ORCHESTRATOR_POOL", pool_kind)
     monkeypatch.setattr(procs, "SETTLE_MIN_STEPS", 3)
     monkeypatch.setattr(procs, "settle_time", lambda: 0.001)
     events = []
-    real_sleep, real_submit = dispatcher.time.sleep, dispatcher.Dispatcher._submit
-    monkeypatch.setattr(dispatcher.time, "sleep", lambda s: (events.append(("rest", s)), real_sleep(s)))
+    real_sleep, real_submit = procs.time.sleep, dispatcher.Dispatcher._submit
+    monkeypatch.setattr(procs.time, "sleep", lambda s: (events.append(("rest", s)), real_sleep(s)))
     def submit(self, sid, *a, **k):
         events.append(("start", sid))
         return real_submit(self, sid, *a, **k)
