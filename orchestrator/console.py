@@ -10,7 +10,11 @@ each running step's log (`LogTail`), keeps the unfinished last line back, and th
 the step ends — so lines of parallel steps interleave, but never mid-line. The worker's own
 `=== <step> attempt N ... ===` header and footer are filtered out (the ✓/✗ line says the same);
 `--- task i/n: ...` and `--- acceptance test ...` lines are kept, they say which command is talking.
-A reporter never stops a run: a stream that cannot be written (a closed pipe) is given up silently.
+Lines are written in bursts: the first line after a quiet spell at once, the lines that follow it
+with the loop's next `tick`, at most `LINES_EVERY` later (a run of 1000 quick steps writes ~10 times
+instead of ~1000, each of which would wake whoever reads our stderr). Warnings and the final lines are
+written at once. A reporter never stops a run: a stream that cannot be written (a closed pipe) is
+given up silently.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
 PROGRESS_EVERY = 1.0          # least time between two `Progress:` lines (the last one always prints)
 TICK_INTERVAL = 0.25          # how often the dispatcher calls `tick` when we need it (4 a second)
+LINES_EVERY = 0.1             # longest a step's line is held back to be written with the next ones
 READ_CHUNK = 1 << 20          # most bytes read from one log per tick, so one chatty step cannot stall the loop
 MAX_LINE = 64 * 1024          # a "line" without a newline longer than this is forwarded anyway
 
@@ -155,15 +160,30 @@ class PlainReporter(Reporter):
         self._done = 0
         self._total = 0
         self._stream_ok = True
+        self._held: list[str] = []        # lines for the next tick (see the module doc)
+        self._ticks_for_lines = False     # tick_interval was set by held lines, not by -v
 
     def _say(self, text: str) -> None:
+        """A line, written with the next `tick` (or `flush`); the loop ticks at once the first time."""
         if not self._stream_ok:
             return
-        try:
-            # whatever a step put in its error
-            print(_ANSI.sub("", text) if "\x1b" in text else text, file=self.out, flush=True)
-        except (OSError, ValueError):   # a closed pipe or stream: the run goes on without us
-            self._stream_ok = False
+        self._held.append(_ANSI.sub("", text) if "\x1b" in text else text)   # whatever a step put in its error
+        if self.tick_interval is None:
+            self.tick_interval, self._ticks_for_lines = LINES_EVERY, True
+
+    def flush(self) -> bool:
+        """Write the held lines, in one write; whether there were any."""
+        held, self._held = self._held, []
+        if held and self._stream_ok:
+            try:
+                print("\n".join(held), file=self.out, flush=True)
+            except (OSError, ValueError):   # a closed pipe or stream: the run goes on without us
+                self._stream_ok = False
+        return bool(held)
+
+    def _say_now(self, text: str) -> None:
+        self._say(text)
+        self.flush()
 
     # --- step output (-v) ------------------------------------------------------------------------
     def _forward(self, step_id: str, *, final: bool = False) -> None:
@@ -178,6 +198,8 @@ class PlainReporter(Reporter):
     def tick(self, records: Mapping[str, StepRecord], now: float) -> None:
         for step_id in list(self.tails):
             self._forward(step_id)
+        if not self.flush() and self._ticks_for_lines:   # a quiet spell: no more ticks for lines
+            self.tick_interval, self._ticks_for_lines = None, False
 
     # --- events ------------------------------------------------------------------------------------
     def run_started(self, ws: Workstream, run_id: str, run_dir: str, workers: int) -> None:
@@ -230,7 +252,7 @@ class PlainReporter(Reporter):
                              f"({reason})" if reason else status.value))
 
     def message(self, text: str) -> None:
-        self._say(text)            # warnings and interrupt notices: shown even with -q
+        self._say_now(text)        # warnings and interrupt notices: shown even with -q, at once
 
     def run_finished(self, summary: dict[str, Any], run_dir: str) -> None:
         for step_id in list(self.tails):
@@ -240,7 +262,7 @@ class PlainReporter(Reporter):
         final = progress_line(done, c["total"])
         if not self.quiet and self.progress_lines and final != self._last_progress_line:
             self._say(final)  # the last Progress line always shows, but never twice
-        self._say(summary_line(summary, run_dir))
+        self._say_now(summary_line(summary, run_dir))
 
 
 def summary_line(summary: dict[str, Any], run_dir: str) -> str:

@@ -78,8 +78,9 @@ class RunOutcome:
 class Reporter:
     """Event sink for people (the CLI's console view); the default says nothing.
 
-    A reporter that redraws or tails step logs sets `tick_interval`: the loop then calls `tick`
-    at least that often while the run goes on (and never more often than every event).
+    A reporter that redraws, tails step logs or holds lines back sets `tick_interval`: the loop then
+    calls `tick` at least that often while the run goes on (and never more often than every event).
+    `flush` writes what it holds back, when a run ends early.
     """
 
     tick_interval: float | None = None
@@ -92,6 +93,7 @@ class Reporter:
     def step_changed(self, step_id: str, status: StepStatus, reason: str | None) -> None: ...
     def message(self, text: str) -> None: ...
     def run_finished(self, summary: dict[str, Any], run_dir: str) -> None: ...
+    def flush(self) -> Any: ...
 
 
 class Dispatcher:
@@ -191,6 +193,7 @@ class Dispatcher:
             self.status = "interrupted"
             self.journal.close_after_crash(started=hasattr(self, "sched"))
             self._release()
+            self.reporter.flush()
             raise
         try:
             return self._finish()
@@ -240,7 +243,9 @@ class Dispatcher:
                 self._flush()
                 if self.reporter.tick_interval and now >= self._next_tick:
                     self.reporter.tick(self.records, self.wall())
-                    self._next_tick = now + self.reporter.tick_interval
+                    # a tick may end the ticks (lines held back are all written): the next one
+                    # they need, if any, then comes at once
+                    self._next_tick = now + (self.reporter.tick_interval or 0.0)
                 timeout = self._next_timeout(run_deadline)
                 if timeout is None and not self.inflight and not self.sched.done:
                     # nothing runs and no timer is due: no event could ever wake us. Never hang;

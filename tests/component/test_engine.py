@@ -8,6 +8,7 @@ the test if any such process is still alive afterwards.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -534,6 +535,47 @@ def test_a_secret_is_masked_in_the_log_and_never_written_under_worktrees(make_wo
     leaks = [str(p) for p in (project / ".worktrees").rglob("*")
              if p.is_file() and not p.is_symlink() and b"supersecretvalue" in p.read_bytes()]
     assert leaks == []
+
+
+# --- the console --------------------------------------------------------------------------------------
+
+def test_a_steps_line_reaches_the_console_while_the_run_goes_on(project, make_workstream, run_workstream):
+    """The console holds lines back for the loop's next tick, never to the run's end: a's line is
+    written while b still waits for the test to open its fifo."""
+    from orchestrator.console import PlainReporter
+    gate = project / "gate"
+    os.mkfifo(gate)
+    seen = threading.Event()
+
+    class Stream(io.StringIO):
+        def write(self, text: str) -> int:
+            n = super().write(text)
+            if "✓ a (" in self.getvalue():
+                seen.set()
+            return n
+
+    out = Stream()
+    path = make_workstream([{"id": "a", "tasks": ["true"]},
+                            {"id": "b", "tasks": ["cat gate"], "depends_on": ["a"]}])
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(run=run_workstream(path, reporter=PlainReporter(out))))
+    runner.start()
+
+    def open_gate():   # once b reads the fifo; then b sees EOF and ends
+        try:
+            os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+            return True
+        except OSError:
+            return False
+    try:
+        assert seen.wait(30), out.getvalue()
+        assert "✓ b (" not in out.getvalue()
+    finally:
+        assert wait_until(open_gate, timeout=30)
+        runner.join(60)
+    outcome, summary = result["run"]
+    assert outcome.exit_code == 0 and summary["summary"]["succeeded"] == 2
+    assert "✓ b (" in out.getvalue()
 
 
 # --- the run directory ----------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 
 from orchestrator import live as live_mod
-from orchestrator.console import LogTail, PlainReporter, clean_line, make_reporter
+from orchestrator.console import (LINES_EVERY, TICK_INTERVAL, LogTail, PlainReporter, clean_line,
+                                  make_reporter)
 from orchestrator.live import LiveReporter, eta_seconds, render_view
 from orchestrator.model import StepStatus
 from orchestrator.records import StepRecord
@@ -107,8 +108,49 @@ def test_progress_lines_at_most_once_a_second():
     for i in range(1, 6):
         r.step_finished(record(f"s{i}", StepStatus.SUCCEEDED, duration=1), i, 5)
         clock.t += 0.4
+    r.flush()
     progress = [line for line in lines_of(out) if line.startswith("Progress:")]
     assert progress == ["Progress: 1/5 steps complete", "Progress: 4/5 steps complete"]
+
+
+class CountingStream(io.StringIO):
+    """Counts flushes: each is one write(2) on a real stream."""
+
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_lines_are_held_for_the_loops_next_tick_and_written_together(tmp_path):
+    out, clock = CountingStream(), FakeClock()
+    r = PlainReporter(out, clock=clock, wall=lambda: T0)
+    assert r.tick_interval is None
+    r.step_finished(record("a", StepStatus.SUCCEEDED, duration=1), 1, 3)
+    assert out.getvalue() == "" and r.tick_interval == LINES_EVERY   # the loop ticks for it
+    r.step_finished(record("b", StepStatus.SUCCEEDED, duration=1), 2, 3)
+    r.step_changed("c", StepStatus.BLOCKED, "dependency b ended failed")
+    r.tick({}, T0)
+    assert out.flushes == 1
+    assert [m.group(2) for m in map(LINE.match, lines_of(out)) if m] == ["a", "b", "c"]
+    r.tick({}, T0)                               # nothing held: the loop need not tick any more
+    assert r.tick_interval is None and out.flushes == 1
+
+
+def test_a_message_is_written_at_once_after_the_lines_held_before_it(tmp_path):
+    out = io.StringIO()
+    r = PlainReporter(out, wall=lambda: T0)
+    r.step_finished(record("a", StepStatus.SUCCEEDED, duration=1), 1, 2)
+    r.message("holding new starts: machine overloaded")
+    lines = lines_of(out)
+    assert lines[0].endswith("✓ a (1.0s)") and lines[-1] == "holding new starts: machine overloaded"
+
+
+def test_verbose_keeps_its_tick_when_no_line_is_held(tmp_path):
+    r = PlainReporter(io.StringIO(), verbose=True, wall=lambda: T0)
+    r.tick({}, T0)
+    assert r.tick_interval == TICK_INTERVAL
 
 
 def test_quiet_prints_only_the_final_line(tmp_path):
@@ -158,6 +200,7 @@ def test_verbose_streams_complete_prefixed_lines_only_in_order(tmp_path):
         fa.write(" and last\n=== a attempt 1 succeeded ===\nno newline at the end")
         fa.flush()
     r.step_finished(record("a", StepStatus.SUCCEEDED, duration=1), 1, 2)
+    r.flush()
     lines = lines_of(out)
     a_lines = [line for line in lines if line.startswith("[a] ")]
     assert a_lines == ["[a] --- task 1/2: make", "[a] first", "[a] second", "[a] third and last",
@@ -188,6 +231,7 @@ def test_verbose_skips_an_earlier_sessions_log_and_follows_retries(tmp_path):
     with open(log, "a") as f:                                # later attempts append
         f.write(header("a", 2, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall.t))) + "again\n")
     r.step_finished(record("a", StepStatus.SUCCEEDED, duration=1, attempts=2), 1, 1)
+    r.flush()
     shown = [line for line in lines_of(out) if line.startswith("[a] ")]
     assert shown == ["[a] fresh", "[a] again"]
     assert lines_of(out)[-2].endswith("✓ a (1.0s, attempt 2)")
@@ -288,6 +332,8 @@ def test_a_drawing_error_falls_back_to_plain_lines(tmp_path, monkeypatch):
     r.step_finished(record("a", StepStatus.SUCCEEDED, duration=1), 1, 2)
     r.tick({"a": record("a", StepStatus.SUCCEEDED, duration=1)}, T0)   # must not raise
     assert r.live is None and "cannot draw" in r.failure
+    r.tick({}, T0)                                       # writes the fallback's lines
+    r.tick({}, T0)                                       # nothing more to write: no more ticks
     assert r.tick_interval is None                       # not verbose: nothing left to tick
     r.step_finished(record("b", StepStatus.SUCCEEDED, duration=2), 2, 2)
     r.run_finished(summary("succeeded", total=2, succeeded=2), tmp_path)
@@ -342,4 +388,5 @@ def test_escape_codes_in_an_error_never_reach_plain_lines(tmp_path):
     out = io.StringIO()
     r = PlainReporter(out, wall=lambda: T0)
     r.step_finished(record("a", StepStatus.FAILED, duration=1, error="exit code 1: \x1b[31mboom\x1b[0m"), 1, 1)
+    r.flush()
     assert "\x1b" not in out.getvalue() and "✗ a (exit code 1: boom)" in out.getvalue()
