@@ -11,8 +11,9 @@ the step ends — so lines of parallel steps interleave, but never mid-line. The
 `=== <step> attempt N ... ===` header and footer are filtered out (the ✓/✗ line says the same);
 `--- task i/n: ...` and `--- acceptance test ...` lines are kept, they say which command is talking.
 Lines are written in bursts: the first line after a quiet spell at once, the lines that follow it
-with the loop's next `tick`, at most `LINES_EVERY` later (a run of 1000 quick steps writes ~10 times
-instead of ~1000, each of which would wake whoever reads our stderr). Warnings and the final lines are
+with the loop's next `tick`, at most `LINES_EVERY` later (with -v, whose ticks never stop, every line
+waits for the next tick, at most `TICK_INTERVAL`). A run of 1000 quick steps writes ~10 times instead
+of ~1000, each of which would wake whoever reads our stderr. Warnings and the final lines are
 written at once. A reporter never stops a run: a stream that cannot be written (a closed pipe) is
 given up silently.
 """
