@@ -168,7 +168,8 @@ class PlainReporter(Reporter):
         """A line, written with the next `tick` (or `flush`); the loop ticks at once the first time."""
         if not self._stream_ok:
             return
-        self._held.append(_ANSI.sub("", text) if "\x1b" in text else text)   # whatever a step put in its error
+        # escape codes: whatever a step put in its error
+        self._held.append(_ANSI.sub("", text) if "\x1b" in text else text)
         if self.tick_interval is None:
             self.tick_interval, self._ticks_for_lines = LINES_EVERY, True
 

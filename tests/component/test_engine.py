@@ -558,7 +558,8 @@ def test_a_steps_line_reaches_the_console_while_the_run_goes_on(project, make_wo
     path = make_workstream([{"id": "a", "tasks": ["true"]},
                             {"id": "b", "tasks": ["cat gate"], "depends_on": ["a"]}])
     result = {}
-    runner = threading.Thread(target=lambda: result.update(run=run_workstream(path, reporter=PlainReporter(out))))
+    reporter = PlainReporter(out)
+    runner = threading.Thread(target=lambda: result.update(run=run_workstream(path, reporter=reporter)))
     runner.start()
 
     def open_gate():   # once b reads the fifo; then b sees EOF and ends
