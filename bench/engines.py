@@ -39,10 +39,12 @@ GNU_TIME = "/usr/bin/time"
 RUN_TIMEOUT = float(os.environ.get("BENCH_RUN_TIMEOUT", "120"))   # seconds; one run, killed after it
 
 
-def measure(argv: list[str], cwd: Path, *, env: dict | None = None) -> Sample:
+def measure(argv: list[str], cwd: Path, *, env: dict | None = None, stderr_pipe: bool = False) -> Sample:
     """Run argv in cwd (stdout to /dev/null) and measure it. Peak RSS comes from GNU time when it is
     installed: the kernel starts a child's peak RSS at its parent's peak when it execs (vfork), so
-    rusage read here would never show less than this Python process's own size."""
+    rusage read here would never show less than this Python process's own size. stderr goes to a
+    file, or with `stderr_pipe` to a pipe read here as it comes, as a caller that captures the
+    output (`subprocess.run(..., capture_output=True)`) reads it."""
     err_path, rss_path = cwd / ".bench-stderr", cwd / ".bench-rss"
     rss_path.unlink(missing_ok=True)
     timed = os.access(GNU_TIME, os.X_OK)
@@ -52,7 +54,15 @@ def measure(argv: list[str], cwd: Path, *, env: dict | None = None) -> Sample:
         t0 = time.perf_counter()
         # own session, so that a run that hangs can be killed with everything it started
         proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=err, env=env, start_new_session=True)
+                                stderr=subprocess.PIPE if stderr_pipe else err, env=env,
+                                start_new_session=True)
+        reader = None
+        if stderr_pipe:
+            def read() -> None:   # as it comes, into the file the tail is taken from
+                for chunk in iter(lambda: proc.stderr.read1(65536), b""):
+                    err.write(chunk)
+            reader = threading.Thread(target=read, daemon=True)
+            reader.start()
         hung = threading.Event()
 
         def kill() -> None:
@@ -68,6 +78,9 @@ def measure(argv: list[str], cwd: Path, *, env: dict | None = None) -> Sample:
             _, status, ru = os.wait4(proc.pid, 0)
         finally:
             watchdog.cancel()
+        if reader is not None:
+            reader.join()   # EOF: the run and whatever held its stderr are gone
+            proc.stderr.close()
         wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here: tell Popen so it won't wait
     maxrss = ru.ru_maxrss
@@ -178,12 +191,14 @@ class PythonFloorRecords(_BenchScript):
 class Orchestrator(Engine):
     """`orchestrator run FILE -q` in a fresh worktrees dir. `hints`: steps carry estimated_duration.
     `twice`: run twice in the same worktrees dir (the second run has the first one's history); the
-    sample is the second run, the first is kept in `extra["first"]`."""
+    sample is the second run, the first is kept in `extra["first"]`. `quiet=False`: without `-q`,
+    the console's plain lines to a pipe read as they come, as a caller capturing the output has it."""
 
     def __init__(self, wl, workdir, *, hints: bool = False, twice: bool = False, name: str = "",
-                 expect_rc: int = 0, argv_extra: tuple[str, ...] = ()):
+                 expect_rc: int = 0, argv_extra: tuple[str, ...] = (), quiet: bool = True):
         self.name = name or "orchestrator"
         self.hints, self.twice, self.expect_rc, self.argv_extra = hints, twice, expect_rc, argv_extra
+        self.quiet = quiet
         super().__init__(wl, workdir)
 
     def prepare(self):
@@ -191,8 +206,8 @@ class Orchestrator(Engine):
         W.write(self.dir / "ws.json", W.workstream(self.wl, ws_id[:120], hints=self.hints))
 
     def _once(self, wt: Path) -> Sample:
-        s = measure([orchestrator_bin(), "run", "ws.json", "-q", "--worktrees-dir", str(wt),
-                     *self.argv_extra], self.dir)
+        s = measure([orchestrator_bin(), "run", "ws.json", *(["-q"] if self.quiet else []),
+                     "--worktrees-dir", str(wt), *self.argv_extra], self.dir, stderr_pipe=not self.quiet)
         summaries = sorted(wt.glob("*/runs/*/results_summary.json"), key=lambda p: p.stat().st_mtime)
         if summaries:
             summary = json.loads(summaries[-1].read_text())

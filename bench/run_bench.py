@@ -33,6 +33,7 @@ from render import Section, Target, fmt, med  # noqa: E402
 WORKLOADS = ["startup", "trivial-1000", "chain-200", "sleep-wide", "sleep-dag", "big-graph",
              "timeout", "rate-limit"]
 MB = 1024  # ru_maxrss is in KiB
+PLAIN_LINES = "orchestrator (plain lines, stderr piped)"   # the run without -q, as users start it
 
 
 def log(msg: str) -> None:
@@ -138,8 +139,8 @@ class Bench:
     def simple(self, name: str, wl: W.Workload, *, goal: float | None = None,
                lower_bound: float | None = None, reps: int | None = None) -> None:
         d = self.workdir(name)
-        engines = [E.Orchestrator(wl, d), *self.peers(wl, d, parallel=True), E.PythonFloor(wl, d),
-                   E.PythonFloorRecords(wl, d)]
+        engines = [E.Orchestrator(wl, d), E.Orchestrator(wl, d, quiet=False, name=PLAIN_LINES),
+                   *self.peers(wl, d, parallel=True), E.PythonFloor(wl, d), E.PythonFloorRecords(wl, d)]
         res = self.alternate(name, engines, warmup=lower_bound is None, reps=reps)
         make_w = med(s.wall_s for s in res.get("make", []))
         headers = ["engine", "wall s", "min", "max", "× make"]
@@ -151,7 +152,7 @@ class Bench:
             ss = res[e.name]
             w = med(s.wall_s for s in ss)
             span = med(s.extra.get("span_s") for s in ss)
-            row = [e.name + ("" if e.name == "orchestrator" else f" -j{wl.workers}"), fmt(w),
+            row = [e.name + ("" if e.name.startswith("orchestrator") else f" -j{wl.workers}"), fmt(w),
                    fmt(min(s.wall_s for s in ss)), fmt(max(s.wall_s for s in ss)),
                    fmt(w / make_w if make_w else None, 2, "×")]
             if lower_bound:
@@ -163,6 +164,9 @@ class Bench:
                  f"`{wl.jobs[0].cmd}`. *steps span*: first step start to last step end, from the "
                  f"orchestrator's results_summary.json; *outside steps*: wall minus span (interpreter "
                  f"start, loading, pool start-up, writing the run directory)."]
+        notes.append(f"*{PLAIN_LINES}*: the same run without `-q`, its console lines (one a step) "
+                     "to a pipe this harness reads as they come, as a caller that captures the output "
+                     "has them; the targets use the `-q` row.")
         notes.append("*python floor*: `bench/floor.py`, a bare Python ready-queue loop that spawns each "
                      "command as the orchestrator does (`posix_spawn`, exit seen through a pidfd) and "
                      "records nothing: no logs, state, summary or report. What any dispatcher written "
